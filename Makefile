@@ -1,0 +1,36 @@
+# Two commands set up everything on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	# torch first, from the pin: anything installed later finds it satisfied (no CUDA wheels).
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -c constraints.txt torch
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vidctrl demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/pip install -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python benchmarks/bench_clip_loading.py
+	$(BIN)/python benchmarks/bench_manifest_scale.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,175 @@
+"""Typed config fields whose command-line flags are the seed systems' spellings.
+
+A config section is a dataclass. Each field is declared once with `option(...)`, which records
+its help text and every flag that spells it (`--train_data_meta`, `--meta_info_path`, ...).
+`add_arguments` turns a section into argparse arguments and `from_namespace` reads it back, so a
+seed flag, a YAML key and a Python attribute are three spellings of one typed value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flags: Iterable[str] = (),
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with help text and extra flag spellings (`--field_name` is always one)."""
+    metadata = {"help": help, "flags": tuple(flags)}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_bool(text: str | bool) -> bool:
+    """`--flag`, `--flag true`, `--flag=False`: the seeds use all three."""
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def flags_of(f: dataclasses.Field) -> list[str]:
+    names = [f"--{f.name}"]
+    names += [flag for flag in f.metadata.get("flags", ()) if flag not in names]
+    return names
+
+
+def _argument_kwargs(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
+    tp, _ = _unwrap_optional(tp)
+    origin = get_origin(tp)
+    kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
+    if tp is bool:
+        kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+    elif origin is Literal:
+        choices = get_args(tp)
+        kwargs.update(choices=choices, type=type(choices[0]))
+    elif origin in (list, tuple):
+        (item,) = {a for a in get_args(tp) if a is not Ellipsis}
+        kwargs.update(nargs="+", type=_scalar_parser(item))
+    else:
+        kwargs.update(type=_scalar_parser(tp))
+    return kwargs
+
+
+def _scalar_parser(tp: Any) -> Any:
+    tp, _ = _unwrap_optional(tp)
+    if tp is bool:
+        return parse_bool
+    if tp in (int, float, str):
+        return tp
+    if tp is Path:
+        return Path
+    if get_origin(tp) is Literal:
+        return type(get_args(tp)[0])
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, section: type, *, group_title: str | None = None) -> None:
+    """Add one argparse argument per field of the dataclass `section`.
+
+    Defaults are left as `argparse.SUPPRESS` so that `from_namespace` can tell a flag the user
+    typed from a default (presets and YAML files fill in what the user did not type).
+    """
+    hints = typing.get_type_hints(section)
+    target = parser.add_argument_group(group_title) if group_title else parser
+    for f in dataclasses.fields(section):
+        kwargs = _argument_kwargs(f, hints[f.name])
+        default = _field_default(f)
+        if default is not None and default is not dataclasses.MISSING:
+            kwargs["help"] = f"{kwargs['help']} (default: {default})"
+        target.add_argument(*flags_of(f), dest=f.name, default=argparse.SUPPRESS, **kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def given(namespace: argparse.Namespace, section: type) -> dict[str, Any]:
+    """The fields of `section` that the user typed on the command line."""
+    names = {f.name for f in dataclasses.fields(section)}
+    return {k: v for k, v in vars(namespace).items() if k in names}
+
+
+def coerce(section: type, values: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Type-check and convert raw values (from YAML or a preset) to the section's field types."""
+    hints = typing.get_type_hints(section)
+    known = {f.name: f for f in dataclasses.fields(section)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{source}: unknown key {key!r} for {section.__name__}")
+        out[key] = _coerce_value(hints[key], value, f"{source}: {key}")
+    return out
+
+
+def _coerce_value(tp: Any, value: Any, where: str) -> Any:
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where} may not be null")
+    origin = get_origin(inner)
+    try:
+        if origin in (list, tuple):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            (item_tp,) = {a for a in get_args(inner) if a is not Ellipsis}
+            converted = [_coerce_value(item_tp, v, where) for v in items]
+            return tuple(converted) if origin is tuple else converted
+        if origin is Literal:
+            if value not in get_args(inner):
+                raise ValueError(f"{where} must be one of {get_args(inner)}, got {value!r}")
+            return value
+        if inner is bool:
+            return parse_bool(value)
+        if inner is Path:
+            return Path(value)
+        if inner is float and isinstance(value, (int, float, str)):
+            return float(value)
+        if inner is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if inner is str:
+            return str(value)
+    except (argparse.ArgumentTypeError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    if isinstance(value, inner):
+        return value
+    raise ValueError(f"{where}: expected {getattr(inner, '__name__', inner)}, got {value!r}")
+
+
+def build(section: type, *layers: dict[str, Any]) -> Any:
+    """Instantiate `section` from layered values: later layers override earlier ones."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return section(**merged)

@@ -1,0 +1,1 @@
+"""Datasets: layouts, video I/O, frame sampling, buckets, checks."""

@@ -1,0 +1,87 @@
+"""The data section of the config: every data flag of the seed systems, one typed field each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vidctrl.config.fields import option
+
+FrameSampling = Literal["videox", "dynamictrl", "controlnext"]
+ControlFramePolicy = Literal["error", "resample"]
+BadSamplePolicy = Literal["lenient", "strict"]
+
+
+@dataclass
+class DataConfig:
+    """Where the data is, how clips are cut from it, and how batches are shaped."""
+
+    # --- where the data is (exactly one source) -------------------------------------------
+    train_data_meta: Path | None = option(
+        None,
+        help="VideoX-Fun/EasyAnimate/CogVideoX-Fun metadata (JSON list or CSV), or a vidctrl manifest (.jsonl)",
+    )
+    train_data_dir: Path | None = option(
+        None, help="folder that relative paths in --train_data_meta are joined to"
+    )
+    data_root: Path | None = option(
+        None, help="DynamiCtrl dataset folder (videos/, poses/, video.txt, prompts.txt)"
+    )
+    video_column: str = option("video.txt", help="DynamiCtrl: file under --data_root listing the videos")
+    caption_column: str = option(
+        "prompts.txt", help="DynamiCtrl: file under --data_root with `NAME#####caption` lines"
+    )
+    meta_info_path: Path | None = option(
+        None, help="ControlNeXt meta_info.json (video_path, guide_path, meta_info per entry)"
+    )
+    manifest: Path | None = option(None, help="vidctrl manifest (.jsonl) with probed metadata")
+    dataset_type: str | None = option(
+        None, help="ControlNeXt spelling of the dataset kind ('ubc' = pose-video folder dataset)"
+    )
+
+    # --- frame sampling ---------------------------------------------------------------------
+    frame_sampling: FrameSampling | None = option(
+        None,
+        help="clip sampling rule: videox (stride + drop start/end), dynamictrl (contiguous window), "
+        "controlnext (interval_frame); default follows the data source",
+    )
+    video_sample_n_frames: int = option(
+        49, help="frames per training clip", flags=["--sample_n_frames", "--max_num_frames"]
+    )
+    video_sample_stride: int = option(4, help="step between sampled frames")
+    interval_frame: int = option(1, help="ControlNeXt: step between sampled frames")
+    video_length_drop_start: float = option(0.1, help="fraction of each video skipped at the start")
+    video_length_drop_end: float = option(0.9, help="fraction of each video after which frames are skipped")
+    random_frame_crop: bool = option(
+        False, help="randomly shorten clips to simulate videos of different lengths"
+    )
+    video_repeat: int = option(0, help="repeat every video record this many times per epoch (0 = once)")
+    control_frame_policy: ControlFramePolicy = option(
+        "error",
+        help="a control whose frame count or fps differs from the target: error, or resample it by time",
+    )
+
+    # --- sizes and buckets ------------------------------------------------------------------
+    image_sample_size: int = option(512, help="largest side of training images (and token-length sizes)")
+    video_sample_size: int = option(512, help="side of training videos (smallest token-length size)")
+    token_sample_size: int = option(512, help="side whose square times n_frames sets the token budget")
+    fix_sample_size: list[int] | None = option(
+        None, help="train at exactly HEIGHT WIDTH, no buckets"
+    )
+    height: int | None = option(None, help="fixed training height (DynamiCtrl, ControlNeXt)")
+    width: int | None = option(None, help="fixed training width (DynamiCtrl, ControlNeXt)")
+    enable_bucket: bool = option(False, help="group samples into aspect-ratio buckets instead of cropping")
+    random_hw_adapt: bool = option(False, help="draw each batch's size between the sample sizes")
+    training_with_video_token_length: bool = option(
+        False, help="trade frames for resolution at a constant token budget"
+    )
+
+    # --- batches ----------------------------------------------------------------------------
+    train_batch_size: int = option(1, help="samples per batch per process", flags=["--per_gpu_batch_size"])
+    dataloader_num_workers: int = option(0, help="DataLoader worker processes that decode clips")
+    seed: int | None = option(None, help="seed for sampling, shuffling and noise")
+    bad_sample_policy: BadSamplePolicy = option(
+        "lenient",
+        help="a sample that fails to load: lenient skips it and counts it in the log, strict stops training",
+    )
