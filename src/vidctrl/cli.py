@@ -1,18 +1,44 @@
-"""The `vidctrl` command: one entry point, one subcommand per job."""
+"""The `vidctrl` command: one entry point, one subcommand per job.
+
+    vidctrl demo                      a real, small run on built-in data
+    vidctrl data sample|check|plan|convert
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from vidctrl import __version__
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidctrl", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="vidctrl",
+        description="Train video diffusion models to follow a control signal (pose, camera).",
+    )
+    parser.add_argument("--version", action="version", version=f"vidctrl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from vidctrl.commands import data as data_commands
+    from vidctrl.commands import demo as demo_command
+
+    data_commands.register(commands)
+    demo_command.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    return int(args.func(args) or 0)
+    from vidctrl.data.records import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except DataError as exc:
+        # A data problem is the user's to fix: say what and where, without a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

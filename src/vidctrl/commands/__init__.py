@@ -1,0 +1,1 @@
+"""Subcommands of the `vidctrl` CLI, one module each."""

@@ -1,0 +1,152 @@
+"""`vidctrl data sample|check|plan|convert`: know a dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vidctrl.config.fields import add_arguments, build, given
+from vidctrl.data.config import DataConfig
+
+LAYOUT_CHOICES = ("videox", "dynamictrl", "controlnext", "manifest")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="sample, check, plan and convert datasets")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    sample = sub.add_parser("sample", help="write the built-in synthetic dataset in any layout")
+    sample.add_argument("--out", type=Path, required=True, help="folder to write the dataset into")
+    sample.add_argument("--layout", choices=LAYOUT_CHOICES, default="videox")
+    sample.add_argument("--num_videos", type=int, default=6)
+    sample.add_argument("--num_images", type=int, default=2)
+    sample.add_argument("--sample_seed", type=int, default=0, help="seed of the synthetic content")
+    sample.set_defaults(func=run_sample)
+
+    check = sub.add_parser(
+        "check",
+        help="read every sample as training will and report each problem",
+        description="Exit status: 0 when every sample is sound, 1 when any is bad, 2 on a usage error.",
+    )
+    add_arguments(check, DataConfig, group_title="data (the same flags as training)")
+    check.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    check.add_argument("--workers", type=int, default=None, help="processes that inspect samples")
+    check.add_argument("--require_captions", type=_bool_or_auto, default="auto",
+                       help="report missing captions (auto: yes, except for ControlNeXt data, which has none)")
+    check.set_defaults(func=run_check)
+
+    plan = sub.add_parser("plan", help="print the size -> frames -> tokens table training will use")
+    add_arguments(plan, DataConfig, group_title="data and bucket flags")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=run_plan)
+
+    convert = sub.add_parser("convert", help="write a dataset in another layout (probing every file)")
+    add_arguments(convert, DataConfig, group_title="source (the same flags as training)")
+    convert.add_argument("--to", dest="to_layout", choices=LAYOUT_CHOICES, required=True)
+    convert.add_argument("--out", type=Path, required=True, help="output folder (or .jsonl path for --to manifest)")
+    convert.add_argument("--copy", action="store_true", help="copy media instead of symlinking (DynamiCtrl layout)")
+    convert.add_argument("--workers", type=int, default=None)
+    convert.set_defaults(func=run_convert)
+
+
+def _bool_or_auto(text: str) -> str | bool:
+    from vidctrl.config.fields import parse_bool
+
+    return "auto" if text == "auto" else parse_bool(text)
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    return build(DataConfig, given(args, DataConfig))
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from vidctrl.data.layouts import write_layout
+    from vidctrl.data.synthetic import make_sample_dataset
+
+    records = make_sample_dataset(
+        args.out, num_videos=args.num_videos, num_images=args.num_images, seed=args.sample_seed
+    )
+    if args.layout == "dynamictrl":
+        records = [r for r in records if r.kind == "video"]  # DynamiCtrl's layout holds videos only
+    path = write_layout(records, args.out, args.layout)
+    print(f"wrote {len(records)} samples ({args.layout} layout): {path}")
+    print("use it with: " + " ".join(source_flags(args.layout, path, args.out)))
+    return 0
+
+
+def source_flags(layout: str, path: Path, root: Path) -> list[str]:
+    """The training flags that read a dataset written by `write_layout`."""
+    if layout == "videox":
+        return ["--train_data_meta", str(path), "--train_data_dir", str(root)]
+    if layout == "dynamictrl":
+        return ["--data_root", str(root)]
+    if layout == "controlnext":
+        return ["--meta_info_path", str(path)]
+    return ["--manifest", str(path)]
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from vidctrl.data.check import InspectSettings, check_records
+    from vidctrl.data.clips import ClipRules
+    from vidctrl.data.layouts import load_dataset
+
+    config = data_config(args)
+    imported = load_dataset(config)
+    require_captions = args.require_captions
+    if require_captions == "auto":
+        require_captions = imported.layout != "controlnext"
+    rules = ClipRules.from_config(config, layout=imported.layout)
+    report = check_records(
+        imported.records,
+        InspectSettings(rules=rules, control_frame_policy=config.control_frame_policy),
+        import_problems=imported.problems,
+        require_captions=bool(require_captions),
+        workers=args.workers,
+    )
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        for problem in report.problems:
+            print(problem)
+        summary = report.summary()
+        print(
+            f"{summary['samples']} samples: {summary['good_samples']} good, {summary['bad_samples']} bad"
+            + (f", {summary['metadata_errors']} metadata errors" if summary["metadata_errors"] else "")
+        )
+        for kind, count in summary["errors_by_kind"].items():
+            print(f"  error   {kind}: {count}")
+        for kind, count in summary["warnings_by_kind"].items():
+            print(f"  warning {kind}: {count}")
+        print("ok" if report.ok else "bad samples found: training in lenient mode skips them; strict mode stops")
+    return 0 if report.ok else 1
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from vidctrl.data.shapes import plan_table
+
+    config = data_config(args)
+    rows = plan_table(config)
+    if args.json:
+        print(json.dumps({"plan": [{"size": s, "frames": f, "tokens": t} for s, f, t in rows]}))
+        return 0
+    print(f"{'size':>6} {'frames':>7} {'tokens':>8}")
+    for size, frames, tokens in rows:
+        print(f"{size:>6} {frames:>7} {tokens:>8,}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from vidctrl.data.layouts import load_dataset, write_layout
+    from vidctrl.data.probe import probe_into
+
+    config = data_config(args)
+    imported = load_dataset(config)
+    imported.raise_for_errors()
+    records = probe_into(imported.records, workers=args.workers)
+    options = {"copy": True} if args.copy else {}
+    path = write_layout(records, args.out, args.to_layout, **options)
+    print(f"wrote {len(records)} samples ({imported.layout} -> {args.to_layout}): {path}")
+    return 0
