@@ -130,11 +130,12 @@ def run_plan(args: argparse.Namespace) -> int:
     config = data_config(args)
     rows = plan_table(config)
     if args.json:
-        print(json.dumps({"plan": [{"size": s, "frames": f, "tokens": t} for s, f, t in rows]}))
+        print(json.dumps({"plan": rows}))
         return 0
     print(f"{'size':>6} {'frames':>7} {'tokens':>8}")
-    for size, frames, tokens in rows:
-        print(f"{size:>6} {frames:>7} {tokens:>8,}")
+    for row in rows:
+        size = f"{row['height']}x{row['width']}" if "height" in row else str(row["size"])
+        print(f"{size:>6} {row['frames']:>7} {row['tokens']:>8,}")
     return 0
 
 

@@ -1,0 +1,228 @@
+"""The torch Dataset: a `ClipRequest` in, exactly the frames it asks for out.
+
+The batch sampler has already decided the record, the output size and the frame count; the
+dataset draws the clip's frame indices from the request's own seed (so the result does not depend
+on which worker runs it), decodes those frames of the target and the same instants of the
+control, resizes and centre-crops them to the bucket, and hands back uint8 tensors (normalising
+happens on the accelerator, where it is free; uint8 crosses the worker pipe at a quarter of the
+bytes of float32).
+
+A sample that cannot be loaded is never replaced by another one: in lenient mode it comes back as
+a `SkippedSample` (the collate function drops it and the trainer counts it), in strict mode it
+raises a `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vidctrl.data.buckets import controlnext_crop, resize_crop_params
+from vidctrl.data.clips import ClipRules
+from vidctrl.data.manifest import Manifest
+from vidctrl.data.records import DataError, Problem, Record
+from vidctrl.data.sampler import ClipRequest
+from vidctrl.data.sampling import control_indices
+from vidctrl.data.video import MediaError, read_frames
+
+ASPECT_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Resize a frame to (resize_h, resize_w), then crop (height, width) at (top, left)."""
+
+    resize_h: int
+    resize_w: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample that could not be loaded (lenient mode); never silently swapped for another."""
+
+    index: int
+    media: str
+    reason: str
+
+
+class ClipDataset(Dataset):
+    """Target clip, control clip, caption (and camera / hand boxes / reference frame) per request."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        rules: ClipRules,
+        *,
+        control_frame_policy: str = "error",
+        strict: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.rules = rules
+        self.control_frame_policy = control_frame_policy
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, request: ClipRequest) -> dict[str, Any] | SkippedSample:
+        record = self.manifest[request.index]
+        try:
+            return self.load(record, request)
+        except (MediaError, DataError, ValueError, OSError) as exc:
+            reason = exc.problem.message if isinstance(exc, DataError) else str(exc)
+            if self.strict:
+                raise DataError(
+                    Problem(
+                        message=f"cannot be loaded: {reason}",
+                        file=record.media,
+                        sample=request.index,
+                        fix="run `vidctrl data check` with the same flags to see every bad sample, "
+                        "or train with --bad_sample_policy lenient to skip and count them",
+                        code="load_failed",
+                    )
+                ) from exc
+            return SkippedSample(request.index, record.media, reason)
+
+    def load(self, record: Record, request: ClipRequest) -> dict[str, Any]:
+        rng = np.random.default_rng(request.seed)
+        if record.kind == "image":
+            indices, reference_index = np.zeros(1, dtype=np.int64), None
+        else:
+            if record.frames is None:
+                raise DataError(f"sample {request.index} ({record.media}) has no probed frame count")
+            indices, reference_index = self.rules.sample(record.frames, request.frames, rng)
+        if not (record.height and record.width):
+            raise DataError(f"sample {request.index} ({record.media}) has no probed size")
+        geometry = self.geometry(record.height, record.width, request.height, request.width, rng)
+
+        wanted = indices if reference_index is None else np.append(indices, reference_index)
+        frames = self._read(record.media, wanted, geometry)
+        sample: dict[str, Any] = {
+            "index": request.index,
+            "media": record.media,
+            "caption": record.caption or "",
+            "frame_indices": torch.from_numpy(indices.copy()),
+            "pixels": frames[: len(indices)],
+        }
+        if reference_index is not None:
+            sample["reference"] = frames[-1]
+        if record.control:
+            sample["control"] = self._read_control(record, indices, geometry)
+        if record.camera:
+            from vidctrl.data.camera import read_camera_txt
+
+            cameras = read_camera_txt(record.camera)
+            if len(cameras) <= int(indices.max()):
+                raise DataError(f"camera file {record.camera} has {len(cameras)} poses, frame {int(indices.max())} is needed")
+            sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float32))
+        if record.meta_info:
+            sample.update(self._hand_boxes(record, indices, geometry))
+        return sample
+
+    def geometry(self, src_h: int, src_w: int, height: int, width: int, rng: np.random.Generator) -> Geometry:
+        """How this sample's frames become (height, width): resize to (resize_h, resize_w), crop at (top, left).
+
+        One geometry per sample, computed from the target's size and applied to the control (of
+        the same aspect, any size) and to the hand boxes, so that all three stay aligned.
+        """
+        if self.rules.crop == "stretch":
+            return Geometry(height, width, 0, 0, height, width)
+        if self.rules.crop == "random":
+            top, left, crop_h, crop_w = controlnext_crop(src_h, src_w, height, width, rng)
+            scale_y, scale_x = height / crop_h, width / crop_w
+            resize_h, resize_w = max(height, round(src_h * scale_y)), max(width, round(src_w * scale_x))
+            top = min(round(top * scale_y), resize_h - height)
+            left = min(round(left * scale_x), resize_w - width)
+            return Geometry(resize_h, resize_w, top, left, height, width)
+        resize_h, resize_w, top, left = resize_crop_params(src_h, src_w, height, width)
+        return Geometry(resize_h, resize_w, top, left, height, width)
+
+    def _read(self, path: str, indices: np.ndarray, geometry: Geometry) -> torch.Tensor:
+        """(N, 3, height, width) uint8: decode, resize, crop."""
+        frames = read_frames(path, indices)
+        tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        if tensor.shape[-2:] != (geometry.resize_h, geometry.resize_w):
+            tensor = torch.nn.functional.interpolate(
+                tensor.float(), size=(geometry.resize_h, geometry.resize_w), mode="bilinear", antialias=True,
+                align_corners=False,
+            ).round_().clamp_(0, 255).to(torch.uint8)
+        top, left = geometry.top, geometry.left
+        return tensor[:, :, top : top + geometry.height, left : left + geometry.width].contiguous()
+
+    def _read_control(self, record: Record, indices: np.ndarray, geometry: Geometry) -> torch.Tensor:
+        assert record.control is not None
+        if record.kind == "video":
+            same = record.control_frames == record.frames and (
+                record.control_fps is None or record.fps is None or abs(record.control_fps - record.fps) < 1e-3 * record.fps
+            )
+            if not same and self.control_frame_policy != "resample":
+                raise DataError(
+                    f"control video {record.control} has {record.control_frames} frames at {record.control_fps} fps, "
+                    f"the target has {record.frames} at {record.fps} fps; re-render the control, or pass "
+                    "--control_frame_policy resample"
+                )
+            wanted = indices if same else control_indices(
+                indices, fps=record.fps, control_fps=record.control_fps,
+                control_frames=record.control_frames or 0, frames=record.frames,
+            )
+        else:
+            wanted = np.zeros(1, dtype=np.int64)
+        if record.width and record.height and record.control_width and record.control_height:
+            target_aspect = record.width / record.height
+            control_aspect = record.control_width / record.control_height
+            if abs(target_aspect - control_aspect) / target_aspect > ASPECT_TOLERANCE:
+                raise DataError(
+                    f"control {record.control} is {record.control_width}x{record.control_height}, the target is "
+                    f"{record.width}x{record.height}: the aspect ratios differ"
+                )
+        return self._read(record.control, wanted, geometry)
+
+    def _hand_boxes(self, record: Record, indices: np.ndarray, geometry: Geometry) -> dict[str, torch.Tensor]:
+        """Per-frame hand boxes in output pixels (NaN when absent) and their mean keypoint scores."""
+        from vidctrl.data.meta_info import hand_boxes_at
+
+        assert record.meta_info is not None and record.width and record.height
+        with open(record.meta_info, encoding="utf-8") as handle:
+            entries = json.load(handle)
+        boxes, scores = hand_boxes_at(entries, indices, record.meta_info)
+        g = geometry
+        scale = np.array([g.resize_w, g.resize_h, g.resize_w, g.resize_h], dtype=np.float32)
+        shift = np.array([g.left, g.top, g.left, g.top], dtype=np.float32)
+        return {
+            "hand_boxes": torch.from_numpy(boxes * scale - shift),
+            "hand_scores": torch.from_numpy(scores),
+        }
+
+
+def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
+    """Stack same-shape samples; skipped ones are listed under "skipped", never replaced."""
+    loaded = [s for s in samples if not isinstance(s, SkippedSample)]
+    batch: dict[str, Any] = {
+        "skipped": [s for s in samples if isinstance(s, SkippedSample)],
+        "size": len(loaded),
+    }
+    if not loaded:
+        return batch
+    for key in ("index", "media", "caption"):
+        batch[key] = [s[key] for s in loaded]
+    for key in ("pixels", "control", "reference", "camera", "frame_indices", "hand_boxes", "hand_scores"):
+        present = [s[key] for s in loaded if key in s]
+        if not present:
+            continue
+        if len(present) != len(loaded):
+            # A batch mixes samples with and without (say) a control file: that is a data error,
+            # not something to paper over with zeros.
+            missing = [s["media"] for s in loaded if key not in s]
+            raise DataError(f"{len(missing)} samples of a batch have no {key} (e.g. {missing[0]}); every sample "
+                            f"needs one when others in the dataset do")
+        batch[key] = torch.stack(present)
+    return batch
