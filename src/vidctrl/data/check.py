@@ -197,10 +197,10 @@ def _check_camera(index: int, record: Record, target: MediaInfo | None, problems
     except CameraFileError as exc:
         problems.append(_problem(index, record, str(exc), "malformed_camera", "", file=path))
         return
-    if target is not None and target.kind == "video" and len(cameras) < target.frames:
+    if target is not None and target.kind == "video" and len(cameras) != target.frames:
         problems.append(_problem(index, record, f"camera file {path} has {len(cameras)} poses, the video has "
-                                 f"{target.frames} frames", "camera_frames",
-                                 "write one camera line per video frame", file=path))
+                                 f"{target.frames} frames; the trajectory will be stretched over the video",
+                                 "camera_frames", "", file=path, severity="warning"))
 
 
 def _check_meta_info(index: int, record: Record, target: MediaInfo | None, problems: list[Problem]) -> None:

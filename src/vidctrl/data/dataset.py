@@ -14,7 +14,6 @@ raises a `DataError` naming the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from vidctrl.data.sampling import control_indices
 from vidctrl.data.video import MediaError, read_frames
 
 ASPECT_TOLERANCE = 0.02
+MAX_HANDS = 2  # ControlNeXt boxes at most two hands per frame
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,9 @@ class ClipDataset(Dataset):
             from vidctrl.data.camera import read_camera_txt
 
             cameras = read_camera_txt(record.camera)
-            if len(cameras) <= int(indices.max()):
-                raise DataError(f"camera file {record.camera} has {len(cameras)} poses, frame {int(indices.max())} is needed")
+            if record.frames and len(cameras) != record.frames:
+                # As VideoX-Fun: the trajectory is stretched over the video, whatever its length.
+                cameras = cameras.resampled(record.frames)
             sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float32))
         if record.meta_info:
             sample.update(self._hand_boxes(record, indices, geometry))
@@ -187,20 +188,28 @@ class ClipDataset(Dataset):
         return self._read(record.control, wanted, geometry)
 
     def _hand_boxes(self, record: Record, indices: np.ndarray, geometry: Geometry) -> dict[str, torch.Tensor]:
-        """Per-frame hand boxes in output pixels (NaN when absent) and their mean keypoint scores."""
-        from vidctrl.data.meta_info import hand_boxes_at
+        """Per-frame hand boxes (x0, y0, x1, y1) in output pixels, NaN where a frame has fewer hands,
+        and each hand's mean keypoint score (ControlNeXt weights hands scoring above 0.5)."""
+        from vidctrl.data.layouts.controlnext import load_frame_meta
 
-        assert record.meta_info is not None and record.width and record.height
-        with open(record.meta_info, encoding="utf-8") as handle:
-            entries = json.load(handle)
-        boxes, scores = hand_boxes_at(entries, indices, record.meta_info)
+        assert record.meta_info is not None
+        entries = load_frame_meta(record.meta_info)
+        if len(entries) <= int(indices.max()):
+            raise DataError(f"meta_info {record.meta_info} has {len(entries)} frames, frame {int(indices.max())} is needed")
+        boxes = np.full((len(indices), MAX_HANDS, 4), np.nan, dtype=np.float32)
+        scores = np.zeros((len(indices), MAX_HANDS), dtype=np.float32)
+        for row, frame in enumerate(indices.tolist()):
+            entry = entries[frame]
+            hand_scores = entry.get("hands_score") or []
+            for hand, box in enumerate((entry.get("hands_boxes") or [])[:MAX_HANDS]):
+                (x0, y0), (x1, y1) = box
+                boxes[row, hand] = (x0, y0, x1, y1)
+                if hand < len(hand_scores) and len(hand_scores[hand]):
+                    scores[row, hand] = float(np.mean(hand_scores[hand]))
         g = geometry
         scale = np.array([g.resize_w, g.resize_h, g.resize_w, g.resize_h], dtype=np.float32)
         shift = np.array([g.left, g.top, g.left, g.top], dtype=np.float32)
-        return {
-            "hand_boxes": torch.from_numpy(boxes * scale - shift),
-            "hand_scores": torch.from_numpy(scores),
-        }
+        return {"hand_boxes": torch.from_numpy(boxes * scale - shift), "hand_scores": torch.from_numpy(scores)}
 
 
 def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
