@@ -68,8 +68,8 @@ def run_sample(args: argparse.Namespace) -> int:
     records = make_sample_dataset(
         args.out, num_videos=args.num_videos, num_images=args.num_images, seed=args.sample_seed
     )
-    if args.layout == "dynamictrl":
-        records = [r for r in records if r.kind == "video"]  # DynamiCtrl's layout holds videos only
+    if args.layout in ("dynamictrl", "controlnext"):
+        records = [r for r in records if r.kind == "video"]  # these layouts hold videos only
     path = write_layout(records, args.out, args.layout)
     print(f"wrote {len(records)} samples ({args.layout} layout): {path}")
     print("use it with: " + " ".join(source_flags(args.layout, path, args.out)))
