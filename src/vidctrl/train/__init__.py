@@ -1,0 +1,1 @@
+"""The training engine and its parts: parameter selection, optimizers, schedules."""
