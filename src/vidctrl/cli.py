@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vidctrl.commands import data as data_commands
     from vidctrl.commands import demo as demo_command
+    from vidctrl.commands import model as model_commands
+    from vidctrl.commands import train as train_command
 
+    train_command.register(commands)
     data_commands.register(commands)
+    model_commands.register(commands)
     demo_command.register(commands)
     return parser
 

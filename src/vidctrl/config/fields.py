@@ -61,7 +61,7 @@ def flags_of(f: dataclasses.Field) -> list[str]:
     return names
 
 
-def _argument_kwargs(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
+def argument_kwargs(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     tp, _ = _unwrap_optional(tp)
     origin = get_origin(tp)
     kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser, section: type, *, group_title
     hints = typing.get_type_hints(section)
     target = parser.add_argument_group(group_title) if group_title else parser
     for f in dataclasses.fields(section):
-        kwargs = _argument_kwargs(f, hints[f.name])
+        kwargs = argument_kwargs(f, hints[f.name])
         default = _field_default(f)
         if default is not None and default is not dataclasses.MISSING:
             kwargs["help"] = f"{kwargs['help']} (default: {default})"

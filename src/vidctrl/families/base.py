@@ -1,0 +1,182 @@
+"""The model-family contract: everything the training loop needs from a backbone, and nothing more.
+
+A family (one module per backbone: Wan2.1-Fun, CogVideoX, ...) says how to load its components
+from a local folder, how to turn a batch of pixels into latents and conditions, how to call its
+denoiser for a train mode, how to sample a validation video, and how to save the trained part.
+The loop (`vidctrl.train.loop`) calls these and never asks which family it runs. Objectives
+(flow, ddpm, ...) and control adapters are separate pieces a family composes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncodedBatch:
+    """A batch after the frozen encoders: what the denoiser is trained on.
+
+    `latents` is the clean target the objective noises; `conditions` are the family's own model
+    inputs (control latents, reference latents, text and image embeddings, ...), already on the
+    accelerator and already with condition dropout applied.
+    """
+
+    latents: torch.Tensor
+    conditions: dict[str, Any] = field(default_factory=dict)
+    loss_weight: torch.Tensor | None = None  # broadcastable to latents (hand boxes, masks)
+    media: list[str] = field(default_factory=list)  # sample files, for error messages
+    tokens: int = 0  # transformer tokens in this batch (for tokens/s)
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            if isinstance(value, list):
+                return [move(v) for v in value]
+            return value
+
+        return EncodedBatch(
+            latents=self.latents.to(device),
+            conditions={k: move(v) for k, v in self.conditions.items()},
+            loss_weight=None if self.loss_weight is None else self.loss_weight.to(device),
+            media=self.media,
+            tokens=self.tokens,
+        )
+
+
+@dataclass
+class ValidationSample:
+    """What one validation video is generated from."""
+
+    prompt: str
+    reference: torch.Tensor | None  # (3, H, W) uint8
+    control: torch.Tensor | None  # (F, 3, H, W) uint8
+    name: str
+    fps: float = 16.0
+
+
+class ModelFamily(ABC):
+    """One backbone and the ways it can be trained. Subclasses say only what differs."""
+
+    #: preset names this family serves, each with its default settings
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: dataclass of family-specific options (flags only this family honours)
+    options_class: ClassVar[type | None] = None
+    #: train modes this family implements
+    train_modes: ClassVar[tuple[str, ...]] = ()
+    #: frame counts must be (n - 1) % frame_multiple == 0 (VAE temporal compression)
+    frame_multiple: ClassVar[int] = 4
+    #: name of the trainable component (its diffusers subfolder in checkpoints)
+    trainable_component: ClassVar[str] = "transformer"
+
+    # --- configuration ---------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Any) -> ModelFamily:
+        """The family for a resolved `TrainConfig` (preset, options, train mode)."""
+        train_mode = config.model.train_mode or cls.presets[config.preset].get("train_mode") or cls.train_modes[0]
+        return cls(config.preset, config.family, train_mode=train_mode, config=config)
+
+    @classmethod
+    def read_seed_yaml(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Config values from a seed system's model YAML (`--config_path`); keys it does not use are
+        ignored. Families that have such a YAML override this."""
+        return {}
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        """Refuse settings this family cannot honour, saying why (called after parsing)."""
+        return None
+
+    def name_for_matching(self, name: str) -> str:
+        """The parameter name `--trainable_modules` substrings are matched against (the seed
+        system's own naming, so that its substrings select the same parameters)."""
+        return name
+
+    def __init__(self, preset: str, options: Any, *, train_mode: str, config: Any = None) -> None:
+        if train_mode not in self.train_modes:
+            raise ValueError(
+                f"preset {preset} trains in modes {', '.join(self.train_modes)}; --train_mode {train_mode} is not one"
+            )
+        self.preset = preset
+        self.options = options
+        self.train_mode = train_mode
+        self.config = config
+
+    # --- components ------------------------------------------------------------------------
+    @abstractmethod
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+        """Load every component from a local folder (frozen encoders in `dtype` on `device`)."""
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> nn.Module:
+        """The model being trained (wrapped by accelerate/peft by the loop)."""
+
+    @abstractmethod
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Encoders that never train (VAE, text encoder, image encoder), by name."""
+
+    def move_frozen(self, device: torch.device | str) -> None:
+        """`low_vram`: move the frozen encoders (to the CPU between steps, back for encoding)."""
+        for module in self.frozen_modules().values():
+            module.to(device)
+
+    # --- training --------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+        """Pixels, controls and captions to latents and conditions (no gradients). `generator`
+        is this rank's stream for condition dropout and reference choice."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+        """Run the denoiser on noisy latents with the batch's conditions; same shape as latents."""
+
+    @abstractmethod
+    def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
+        """The objective (flow matching, DDPM, ...) this family trains with, tuned by `config`
+        (the `objective` section)."""
+
+    def add_lora(self, model: nn.Module, *, rank: int, alpha: float, target_modules: list[str] | None,
+                 lr: float) -> list[dict[str, Any]]:
+        """Add peft LoRA adapters to `model` (everything else frozen); returns optimizer groups."""
+        from peft import LoraConfig
+
+        model.requires_grad_(False)
+        targets = target_modules or list(self.lora_target_modules)
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True))  # type: ignore[operator]
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"no module of the model matches the LoRA targets {targets}")
+        return [{"params": params, "lr": lr}]
+
+    #: module names that get LoRA adapters by default
+    lora_target_modules: ClassVar[tuple[str, ...]] = ()
+
+    # --- validation ------------------------------------------------------------------------
+    def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
+        """A `ValidationRunner` when validation is configured, else None."""
+        return None
+
+    @abstractmethod
+    def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
+                 steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
+        """A video (F, 3, H, W) uint8 generated by `model` for one validation sample."""
+
+    # --- saving ----------------------------------------------------------------------------
+    def save_trainable(self, model: nn.Module, folder: Path) -> None:
+        """Write the trained model in its diffusers layout under `folder/<trainable_component>/`."""
+        model.save_pretrained(folder / self.trainable_component, safe_serialization=True)  # type: ignore[operator]
+
+    def load_trainable(self, model: nn.Module, folder: Path) -> None:
+        """Load weights written by `save_trainable` into `model`, strictly."""
+        from vidctrl.models.loading import load_state_dict_strict, read_state_dict
+
+        state = read_state_dict(folder / self.trainable_component)
+        load_state_dict_strict(model, state, source=str(folder / self.trainable_component))

@@ -1,0 +1,359 @@
+"""Wan2.1-Fun Control (V1.0, V1.1, Control-Camera): control and reference latents concatenated on
+channels, CLIP features of the reference, optional full-reference tokens in self-attention, and a
+Plücker camera embedding through an adapter. Facts: docs/facts/wan2.1-fun-control.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from vidctrl.config.fields import option
+from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+
+# VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
+CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class WanFunOptions:
+    """Flags only Wan2.1-Fun Control honours."""
+
+    control_ref_image: Literal["first_frame", "random"] = option(
+        "first_frame", help="reference frame: the clip's first frame (V1.0, Camera) or a random clip frame (V1.1)"
+    )
+    add_full_ref_image_in_self_attention: bool = option(
+        False, help="V1.1: prepend the reference image's tokens to self-attention"
+    )
+    flow_shift: float = option(5.0, help="shift of the flow-matching schedule (the seed YAML's scheduler shift)")
+    tokenizer_max_length: int = option(512, help="text tokens (UMT5)")
+    control_dropout: float = option(0.1, help="probability of zeroing a sample's control latents")
+    reference_dropout: float = option(0.1, help="probability of zeroing a sample's reference latent")
+    clip_dropout: float = option(0.1, help="probability of zeroing a sample's CLIP image features")
+    text_dropout: float = option(0.1, help="probability of training a sample on the empty prompt")
+    full_ref_dropout: float = option(0.1, help="probability of zeroing a sample's full-reference tokens")
+    negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
+
+
+class WanFunControl(ModelFamily):
+    """Wan2.1-Fun Control: noisy (16) + control (16) + reference-in-frame-0 (16) latents = 48 channels."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "wan2.1-fun-control-v1.0": {"train_mode": "control_ref", "control_ref_image": "first_frame"},
+        "wan2.1-fun-control-v1.1": {
+            "train_mode": "control_ref",
+            "control_ref_image": "random",
+            "add_full_ref_image_in_self_attention": True,
+        },
+        "wan2.1-fun-control-camera": {"train_mode": "control_camera_ref", "control_ref_image": "first_frame"},
+    }
+    options_class: ClassVar[type] = WanFunOptions
+    train_modes: ClassVar[tuple[str, ...]] = ("control_ref", "control", *CAMERA_MODES)
+    frame_multiple: ClassVar[int] = 4
+    trainable_component: ClassVar[str] = "transformer"
+    lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+    def __init__(self, preset: str, options: WanFunOptions, *, train_mode: str, config: Any = None) -> None:
+        super().__init__(preset, options or WanFunOptions(), train_mode=train_mode, config=config)
+        self.components: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    # --- configuration -----------------------------------------------------------------------
+    @classmethod
+    def read_seed_yaml(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """`config/wan2.1/wan_civitai.yaml`: the scheduler shift and the text length."""
+        values: dict[str, Any] = {}
+        scheduler = data.get("scheduler_kwargs") or {}
+        if "shift" in scheduler:
+            values["flow_shift"] = float(scheduler["shift"])
+        text = data.get("text_encoder_kwargs") or {}
+        if "text_length" in text:
+            values["tokenizer_max_length"] = int(text["text_length"])
+        return values
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        from vidctrl.config.train import ConfigError
+
+        options: WanFunOptions = config.family
+        mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
+        if mode not in cls.train_modes:
+            raise ConfigError(f"--train_mode {mode}: Wan2.1-Fun Control trains in {', '.join(cls.train_modes)}")
+        if options.add_full_ref_image_in_self_attention and config.preset != "wan2.1-fun-control-v1.1":
+            raise ConfigError(
+                "--add_full_ref_image_in_self_attention needs the ref_conv layer that only Wan2.1-Fun V1.1 Control has; "
+                f"preset {config.preset} cannot honour it"
+            )
+        if mode in CAMERA_MODES and config.preset != "wan2.1-fun-control-camera":
+            raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
+        if config.objective.loss_type not in (None, "flow"):
+            raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
+
+    def name_for_matching(self, name: str) -> str:
+        # diffusers keeps the output modulation at the top level (`scale_shift_table`); VideoX-Fun calls
+        # it `head.modulation`, so `--trainable_modules "."` (any name with a dot) selects it there.
+        return "head.modulation" if name == "scale_shift_table" else name
+
+    @classmethod
+    def write_tiny(cls, out_dir: Path, preset: str, *, layout: str = "diffusers", seed: int = 0) -> Path:
+        from vidctrl.models.wan.tiny import write_tiny_wan
+
+        return write_tiny_wan(out_dir, preset, layout=layout, seed=seed)  # type: ignore[arg-type]
+
+    # --- components --------------------------------------------------------------------------
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+        from vidctrl.models.wan.components import load_wan_components
+
+        parts = ["transformer", "vae", "text_encoder", "tokenizer", "image_encoder"]
+        self.components = load_wan_components(path, parts=parts, dtype=dtype, device=device)
+        self.device, self.dtype = torch.device(device), dtype
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False).eval()
+        transformer = self.components.transformer
+        if self.train_mode in CAMERA_MODES and transformer.control_adapter is None:
+            raise ValueError(f"{path}: train mode {self.train_mode} needs a transformer with a control_adapter")
+        expected = {"control_ref": 48, "control": 32}.get(self.train_mode, 32)
+        if transformer.config.in_channels != expected:
+            raise ValueError(
+                f"{path}: the transformer takes {transformer.config.in_channels} input channels, train mode "
+                f"{self.train_mode} feeds {expected}"
+            )
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.components.transformer
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        c = self.components
+        return {"vae": c.vae, "text_encoder": c.text_encoder, "image_encoder": c.image_encoder}
+
+    def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
+        from vidctrl.objectives.flow import FlowMatching
+        from vidctrl.objectives.timesteps import build_index_sampler
+
+        sampler = build_index_sampler(
+            num_indices=config.train_sampling_steps, weighting_scheme=config.weighting_scheme,
+            logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale,
+            uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size,
+        )
+        return FlowMatching(
+            shift=self.options.flow_shift, sampler=sampler, weighting_scheme=config.weighting_scheme,
+            motion_loss_ratio=config.motion_sub_loss_ratio if config.motion_sub_loss else 0.0,
+        )
+
+    # --- encoding ----------------------------------------------------------------------------
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) uint8 -> (B, 3, F, H, W) in [-1, 1], on the device, in the VAE's dtype."""
+        video = frames.to(self.device, non_blocking=True).permute(0, 2, 1, 3, 4)
+        return video.to(self.dtype) / 127.5 - 1.0
+
+    @torch.no_grad()
+    def vae_encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Normalised latents (B, 16, T, h, w); sampled with `generator` (training) or the mean (None).
+
+        As the original: the mean is normalised by the VAE's per-channel mean/std, and the noise of
+        the posterior is added with its own scale (not divided by std).
+        """
+        vae = self.components.vae
+        mean = torch.tensor(vae.config.latents_mean, device=video.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=video.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
+        out = []
+        for part in video.split(chunk):
+            dist = vae.encode(part.to(vae.dtype)).latent_dist
+            latents = (dist.mean.float() - mean) / std
+            if generator is not None:
+                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
+                latents = latents + dist.std.float() * noise
+            out.append(latents)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """UMT5 embeddings (B, L, 4096): each prompt's tokens, zero beyond its length (as Wan pads)."""
+        c = self.components
+        tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
+                             truncation=True, add_special_tokens=True, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+        embeds = c.text_encoder(ids, attention_mask=mask).last_hidden_state.float()
+        return embeds * mask.unsqueeze(-1)
+
+    @torch.no_grad()
+    def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP ViT-H penultimate features (B, 257, 1280) of (B, 3, H, W) images in [-1, 1]."""
+        encoder = self.components.image_encoder
+        x = (images.float() * 0.5 + 0.5).clamp(0, 1)
+        side = encoder.config.image_size  # 224 for the real ViT-H/14
+        x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(encoder.dtype)
+        return encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2].float()
+
+    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample Bernoulli draws from this rank's condition stream (True = drop)."""
+        return torch.rand(size, generator=generator) < probability
+
+    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+        opts = self.options
+        pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
+        batch_size, _, num_frames = pixels.shape[:3]
+        latents = self.vae_encode(pixels, generator=generator)
+
+        # Reference frame per sample: frame 0, or (V1.1 `random`) frame 0 with p 0.4, others share 0.6.
+        if opts.control_ref_image == "random" and num_frames > 1:
+            weights = torch.full((num_frames,), 0.6 / (num_frames - 1))
+            weights[0] = 0.4
+            ref_index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        else:
+            ref_index = torch.zeros(batch_size, dtype=torch.long)
+        reference = pixels[torch.arange(batch_size), :, ref_index.to(self.device)]  # (B, 3, H, W)
+        conditions: dict[str, Any] = {}
+        parts: list[torch.Tensor] = []
+        if self.train_mode in ("control_ref", "control"):
+            if "control" not in batch:
+                raise ValueError(f"train mode {self.train_mode} needs control videos; batch {batch['media']} has none")
+            control = self.vae_encode(self._pixels(batch["control"]), generator=None)
+            keep = (~self._draw(opts.control_dropout, batch_size, generator)).to(control)
+            parts.append(control * keep.view(-1, 1, 1, 1, 1))
+        if self.train_mode != "control":
+            ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)  # (B, 16, 1, h, w)
+            ref_slot = torch.zeros_like(latents)
+            dropped = self._draw(opts.reference_dropout, batch_size, generator) | (ref_index != 0)
+            ref_slot[:, :, :1] = ref_latent * (~dropped).to(ref_latent).view(-1, 1, 1, 1, 1)
+            parts.append(ref_slot)
+            if opts.add_full_ref_image_in_self_attention:
+                full_dropped = self._draw(opts.full_ref_dropout, batch_size, generator) | (ref_index == 0)
+                conditions["full_ref"] = ref_latent[:, :, 0] * (~full_dropped).to(ref_latent).view(-1, 1, 1, 1)
+        conditions["y"] = torch.cat(parts, dim=1)
+        clip = self.encode_clip(reference)
+        clip_keep = (~self._draw(opts.clip_dropout, batch_size, generator)).to(clip)
+        conditions["clip"] = clip * clip_keep.view(-1, 1, 1)
+        text_drop = self._draw(opts.text_dropout, batch_size, generator)
+        captions = ["" if drop else caption for drop, caption in zip(text_drop.tolist(), batch["caption"], strict=True)]
+        conditions["text"] = self.encode_text(captions)
+        if self.train_mode in CAMERA_MODES:
+            conditions["camera"] = self._camera(batch, pixels.shape[-2:])
+        _, _, t, h, w = latents.shape
+        tokens = batch_size * t * (h // 2) * (w // 2)
+        return EncodedBatch(latents=latents, conditions=conditions, media=list(batch["media"]), tokens=tokens)
+
+    def _camera(self, batch: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
+        from vidctrl.adapters.camera import pack_camera_frames, plucker_embedding
+
+        if "camera" not in batch:
+            raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} has none")
+        rows = batch["camera"]  # (B, F, 19): frame, fx, fy, cx, cy, 0, 0, 3x4 w2c
+        packed = []
+        for sample in rows:
+            embedding = plucker_embedding(sample[:, 1:5], sample[:, 7:].reshape(-1, 3, 4), size[0], size[1],
+                                          device=self.device)
+            packed.append(pack_camera_frames(embedding))
+        return torch.stack(packed).to(self.dtype)
+
+    def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+        c = encoded.conditions
+        hidden = torch.cat([noisy, c["y"].to(noisy.dtype)], dim=1)
+        out = model(
+            hidden_states=hidden,
+            timestep=timesteps,
+            encoder_hidden_states=c["text"],
+            encoder_hidden_states_image=c["clip"],
+            full_ref_latents=c.get("full_ref"),
+            camera_embedding=c.get("camera"),
+            return_dict=False,
+        )
+        return out[0]
+
+    # --- validation --------------------------------------------------------------------------
+    def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
+        from vidctrl.data.sampling import cut_to_4k_plus_1
+        from vidctrl.data.shapes import fixed_size
+        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+
+        v = config.validation
+        if not (v.validation_steps or v.validation_epochs):
+            return None
+        prompts = v.validation_prompts or []
+        if v.validation_prompt_separator and len(prompts) == 1:
+            prompts = prompts[0].split(v.validation_prompt_separator)
+        controls = v.validation_control_videos or []
+        images = v.validation_images or []
+        if not prompts or len(controls) != len(prompts) or (images and len(images) != len(prompts)):
+            raise ValueError(
+                "validation needs one --validation_control_videos per --validation_prompts (and, for the reference, "
+                f"one --validation_images each); got {len(prompts)} prompts, {len(controls)} control videos, "
+                f"{len(images)} images"
+            )
+        size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
+        height = v.validation_height or size[0]
+        width = v.validation_width or size[1]
+        frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
+        samples = []
+        for i, prompt in enumerate(prompts):
+            control, fps = load_control(controls[i], height, width, frames)
+            reference = load_reference(images[i], height, width) if images else control[0].clone()
+            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
+                                            name=f"sample-{i}", fps=fps))
+        return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
+                 steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
+        """Euler sampling of the flow on the shifted schedule, with the reference image used in every
+        mode that has one (the original's validation drops it)."""
+        opts = self.options
+        conditions: dict[str, Any] = {}
+        parts = []
+        latent_frames = (frames - 1) // 4 + 1
+        if self.train_mode in ("control_ref", "control"):
+            control = self._pixels(sample.control[None])
+            parts.append(self.vae_encode(control, generator=None))
+        reference = None
+        if sample.reference is not None:
+            reference = sample.reference[None].to(self.device).to(self.dtype) / 127.5 - 1.0
+        if self.train_mode != "control" and reference is not None:
+            ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)
+            slot = torch.zeros((1, 16, latent_frames, height // 8, width // 8), device=self.device)
+            slot[:, :, :1] = ref_latent
+            parts.append(slot)
+            if opts.add_full_ref_image_in_self_attention:
+                conditions["full_ref"] = ref_latent[:, :, 0]
+        conditions["y"] = torch.cat(parts, dim=1)
+        clip_source = reference if reference is not None else torch.zeros((1, 3, height, width), device=self.device)
+        conditions["clip"] = self.encode_clip(clip_source)
+        text = self.encode_text([sample.prompt, opts.negative_prompt])
+        shape = (1, 16, latent_frames, height // 8, width // 8)
+        latents = torch.randn(shape, generator=generator).to(self.device)
+        t = torch.linspace(1.0, 0.0, steps + 1)
+        sigmas = opts.flow_shift * t / (1 + (opts.flow_shift - 1) * t)
+        for i in range(steps):
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            timestep = torch.full((1,), sigma * 1000.0, device=self.device)
+            encoded = EncodedBatch(latents=latents, conditions={**conditions, "text": text[:1]})
+            velocity = self.predict(model, encoded, latents.to(self.dtype), timestep).float()
+            if guidance_scale > 1.0:
+                encoded.conditions["text"] = text[1:]
+                uncond = self.predict(model, encoded, latents.to(self.dtype), timestep).float()
+                velocity = uncond + guidance_scale * (velocity - uncond)
+            latents = latents + (sigma_next - sigma) * velocity
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, 16, T, h, w) normalised latents -> (F, 3, H, W) uint8."""
+        vae = self.components.vae
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        video = vae.decode((latents * std + mean).to(vae.dtype)).sample.float()
+        video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 0, 2, 3).cpu()
+

@@ -1,0 +1,95 @@
+"""What a run tells the person watching it: trackers (tensorboard, wandb), a progress bar with
+loss and ETA, `metrics.jsonl` (one line per optimizer step), and a loss-curve PNG at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from vidctrl.config.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak accelerator memory, or the process's peak resident memory on a CPU run."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class Tracker:
+    """Logs each optimizer step to the trackers, the progress bar and `metrics.jsonl`."""
+
+    def __init__(self, accelerator: Accelerator, config: TrainConfig, *, output_dir: Path, total_steps: int,
+                 initial_step: int = 0) -> None:
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.output_dir = output_dir
+        self.metrics_path = output_dir / "metrics.jsonl"
+        if accelerator.log_with:
+            flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+                    for section, values in config.to_dict().items() if isinstance(values, dict)
+                    for k, v in values.items()}
+            accelerator.init_trackers(config.run.tracker_project_name, config=flat)
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", disable=not self.main,
+                        dynamic_ncols=True, file=sys.stderr)
+        if self.main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float | None, samples_per_s: float,
+                 tokens_per_s: float, epoch: int, phases: dict[str, float], skipped: int) -> None:
+        values: dict[str, Any] = {
+            "loss": loss,
+            "lr": lr,
+            "samples_per_s": samples_per_s,
+            "tokens_per_s": tokens_per_s,
+            "peak_memory_gib": peak_memory_gib(self.accelerator.device),
+            "epoch": epoch,
+            "skipped_samples": skipped,
+        }
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        values.update({f"time/{name}": seconds for name, seconds in phases.items()})
+        self.accelerator.log(values, step=step)
+        if self.main:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            self.bar.update(1)
+
+    def event(self, text: str) -> None:
+        if self.main:
+            self.bar.write(text, file=sys.stderr)
+
+    def log_images(self, step: int, images: dict[str, Any]) -> None:
+        """Contact sheets to the trackers that take images (tensorboard, wandb)."""
+        import numpy as np
+
+        for tracker in self.accelerator.trackers:
+            for name, image in images.items():
+                array = np.asarray(image)
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image(name, array, step, dataformats="HWC")
+                elif tracker.name == "wandb":
+                    import wandb
+
+                    tracker.log({name: wandb.Image(array)}, step=step)
+
+    def close(self, result: Any) -> None:
+        self.bar.close()
+        if self.main and result.losses:
+            from vidctrl.train.media import loss_curve_png
+
+            steps, losses = zip(*result.losses, strict=True)
+            loss_curve_png(self.output_dir / "loss_curve.png", list(steps), list(losses), title="training loss")

@@ -1,0 +1,294 @@
+"""The one training loop. It knows no model family: a `ModelFamily` encodes and predicts, an
+objective noises and scores, and everything else (optimizer, checkpoints, data order, logging,
+validation) is the same for every family.
+
+    batch -> family.encode -> objective.prepare -> family.predict -> objective.loss
+          -> backward -> clip -> step -> log -> checkpoint -> validate
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vidctrl.config.train import ConfigError, TrainConfig
+from vidctrl.data.loader import build_loader, load_manifest
+from vidctrl.families import family_for_preset
+from vidctrl.families.base import ModelFamily
+from vidctrl.train.checkpoint import CheckpointManager, diffusers_weights, lora_weights, preflight
+from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups
+from vidctrl.train.rng import rank_generator
+from vidctrl.train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message names the step and the samples involved."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    validation_dirs: list[Path] = field(default_factory=list)
+    skipped_samples: int = 0
+
+
+class PhaseTimer:
+    """Wall time per phase of a step (encode, forward, backward, ...), for the log."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        totals, self.totals = self.totals, {}
+        return totals
+
+
+def config_hash(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def _optimizer_name(config: TrainConfig) -> str:
+    optim = config.optim
+    if optim.use_came and optim.use_8bit_adam:
+        raise ConfigError("--use_came and --use_8bit_adam exclude each other: choose one optimizer")
+    if optim.use_came:
+        return "came"
+    if optim.use_8bit_adam:
+        return "adamw8bit"
+    return optim.optimizer
+
+
+def train(config: TrainConfig, *, family: ModelFamily | None = None) -> TrainResult:
+    """Run training as configured; returns where everything went. Raises on any failure."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    run, optim, model_config = config.run, config.optim, config.model
+    output_dir = Path(run.output_dir)
+    log_with = None if run.report_to == "none" else run.report_to
+    accelerator = Accelerator(
+        mixed_precision=run.mixed_precision,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / run.logging_dir)),
+    )
+    if config.run.use_deepspeed and accelerator.state.deepspeed_plugin is None:
+        raise ConfigError(
+            "--use_deepspeed was given to the script but accelerate was not launched with DeepSpeed; "
+            "launch with `accelerate launch --use_deepspeed --deepspeed_config_file ...`"
+        )
+    if run.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed = config.data.seed if config.data.seed is not None else 0
+    set_seed(seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    noise_generator = rank_generator(seed, rank, "noise", accelerator.device)
+    condition_generator = rank_generator(seed, rank, "conditions")
+    validation_generator = rank_generator(seed, rank, "validation")
+
+    # --- model ----------------------------------------------------------------------------------
+    family_cls = family_for_preset(config.preset)
+    family = family or family_cls.from_config(config)
+    weight_dtype = _weight_dtype(run.mixed_precision)
+    if model_config.pretrained_model_name_or_path is None:
+        raise ConfigError("--pretrained_model_name_or_path is required (a local folder; `vidctrl model tiny` writes one)")
+    family.load(Path(model_config.pretrained_model_name_or_path), dtype=weight_dtype, device=accelerator.device)
+    model = family.denoiser
+    if model_config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if model_config.use_lora:
+        groups = family.add_lora(model, rank=model_config.rank, alpha=model_config.network_alpha,
+                                 target_modules=model_config.lora_target_modules, lr=optim.learning_rate)
+    else:
+        groups = param_groups(
+            model,
+            trainable_modules=model_config.trainable_modules,
+            trainable_modules_low_learning_rate=model_config.trainable_modules_low_learning_rate,
+            lr=optim.learning_rate,
+            name_for_matching=family.name_for_matching,
+        )
+        log.info("trainable parameters:\n%s", groups.describe())
+    # Trainable weights stay in float32 (mixed precision runs the forward in weight_dtype).
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("no parameter is trainable: check --trainable_modules")
+
+    loader = build_loader(config.data, rank=rank, world_size=world, frame_multiple=family.frame_multiple,
+                          loaded=load_manifest(config.data), pin_memory=run.pin_memory)
+    updates_per_epoch = math.ceil(len(loader) / optim.gradient_accumulation_steps)
+    max_steps = run.max_train_steps or run.num_train_epochs * updates_per_epoch
+
+    optimizer = build_optimizer(
+        groups.groups if not model_config.use_lora else groups,
+        name=_optimizer_name(config),
+        lr=optim.learning_rate,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        eps=optim.adam_epsilon,
+        weight_decay=optim.adam_weight_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer, optim.lr_scheduler, warmup_steps=optim.lr_warmup_steps, total_steps=max_steps,
+        num_cycles=optim.lr_num_cycles, power=optim.lr_power, steps_per_optimizer_step=world,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    objective = family.build_objective(config.objective, rank=rank, world_size=world)
+
+    # --- checkpoints and resume ----------------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    weights = lora_weights(unwrapped) if model_config.use_lora else diffusers_weights(unwrapped)
+    checkpoints = CheckpointManager(
+        output_dir,
+        total_limit=run.checkpoints_total_limit,
+        weights={family.trainable_component: weights},
+        stateful={"optimizer": optimizer, "lr_scheduler": scheduler},
+        generators={"noise": noise_generator, "conditions": condition_generator, "validation": validation_generator},
+        is_main_process=accelerator.is_main_process,
+        process_index=rank,
+        num_processes=world,
+        barrier=accelerator.wait_for_everyone,
+        config_hash=config_hash(config),
+    )
+    if accelerator.is_main_process:
+        from vidctrl.train.checkpoint import estimate_checkpoint_bytes
+
+        limit = run.checkpoints_total_limit or 1
+        preflight(output_dir, (limit + 1) * estimate_checkpoint_bytes(trainable))
+    global_step = 0
+    resumed = checkpoints.resume(run.resume_from_checkpoint)
+    if resumed is not None:
+        loader.load_state_dict(resumed.sampler_state)
+        global_step = resumed.step
+        log.info("resumed from %s at step %d (epoch %d)", resumed.path, resumed.step, resumed.epoch)
+
+    tracker = Tracker(accelerator, config, output_dir=output_dir, total_steps=max_steps, initial_step=global_step)
+    validation = family.validation_runner(config, output_dir=output_dir)
+    result = TrainResult(output_dir=output_dir, global_step=global_step)
+    timer = PhaseTimer()
+
+    # --- the loop ------------------------------------------------------------------------------
+    model.train()
+    window: dict[str, float] = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
+    step_start = time.perf_counter()
+    while global_step < max_steps:
+        epoch = loader.epoch
+        for batch in loader:
+            if batch["skipped"]:
+                result.skipped_samples += len(batch["skipped"])
+                for skipped in batch["skipped"]:
+                    log.warning("skipped sample %d (%s): %s", skipped.index, skipped.media, skipped.reason)
+            if batch["size"] == 0:
+                continue
+            with accelerator.accumulate(model):
+                with timer("encode"):
+                    if model_config.low_vram:
+                        family.move_frozen(accelerator.device)
+                    encoded = family.encode(batch, generator=condition_generator)
+                    if model_config.low_vram:
+                        family.move_frozen("cpu")
+                with timer("forward"):
+                    noised = objective.prepare(encoded.latents, noise_generator)
+                    with accelerator.autocast():
+                        prediction = family.predict(model, encoded, noised.noisy, noised.timestep)
+                    loss = objective.loss(prediction.float(), noised, weight=encoded.loss_weight)
+                if not torch.isfinite(loss):
+                    _bad_step(run.nan_policy, global_step, f"loss is {loss.item()}", encoded.media)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                with timer("backward"):
+                    accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
+                    if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                        _bad_step(run.nan_policy, global_step, f"gradient norm is {float(grad_norm)}", encoded.media)
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                with timer("step"):
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            window["loss"] += loss.detach().item()
+            window["samples"] += batch["size"]
+            window["tokens"] += encoded.tokens
+            window["micro"] += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            elapsed = time.perf_counter() - step_start
+            step_loss = window["loss"] / max(window["micro"], 1)
+            result.losses.append((global_step, step_loss))
+            tracker.log_step(
+                global_step,
+                loss=step_loss,
+                lr=scheduler.get_last_lr()[0],
+                grad_norm=None if grad_norm is None else float(grad_norm),
+                samples_per_s=window["samples"] * world / elapsed,
+                tokens_per_s=window["tokens"] * world / elapsed,
+                epoch=epoch,
+                phases=timer.pop(),
+                skipped=result.skipped_samples,
+            )
+            window = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
+
+            if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
+                path = checkpoints.save(global_step, epoch=loader.epoch, sampler_state=loader.state_dict())
+                result.checkpoints.append(path)
+                tracker.event(f"saved {path}")
+            if validation is not None and validation.due(global_step=global_step, epoch_end=False):
+                result.validation_dirs += validation.run(accelerator.unwrap_model(model), global_step,
+                                                         generator=validation_generator)
+            step_start = time.perf_counter()
+            if global_step >= max_steps:
+                break
+        else:
+            if validation is not None and validation.due(global_step=global_step, epoch_end=True, epoch=epoch):
+                result.validation_dirs += validation.run(accelerator.unwrap_model(model), global_step,
+                                                         generator=validation_generator)
+            continue
+
+    result.global_step = global_step
+    tracker.close(result)
+    accelerator.end_training()
+    return result
+
+
+def _bad_step(policy: str, step: int, what: str, media: list[str]) -> None:
+    """NaN/inf: stop naming the step and the samples, or (policy skip) log and drop the update."""
+    files = ", ".join(media[:8]) + (f" and {len(media) - 8} more" if len(media) > 8 else "")
+    message = f"step {step + 1}: {what} on samples {files}"
+    if policy == "stop":
+        raise TrainingError(
+            f"{message}. Check these samples with `vidctrl data check`, lower the learning rate, or pass "
+            "--nan_policy skip to drop such updates"
+        )
+    log.warning("%s; update skipped (--nan_policy skip)", message)
