@@ -126,6 +126,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _seed_yaml_path(config_path: str) -> Path:
+    """A seed model YAML: the path as given, else vidctrl's copy of the seeds' file at that path."""
+    path = Path(config_path)
+    if path.exists():
+        return path
+    from importlib.resources import files
+
+    packaged = Path(str(files("vidctrl") / "resources")) / path
+    if not path.is_absolute() and packaged.exists():
+        return packaged
+    raise ConfigError(f"--config_path {config_path} does not exist (and is not one of the seed YAMLs vidctrl ships)")
+
+
 def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Accept flat YAML (`learning_rate: 1e-4`) and sectioned YAML (`optim: {learning_rate: ...}`)."""
     flat: dict[str, Any] = {}
@@ -162,7 +175,7 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
     seed_yaml: dict[str, Any] = {}
     if config_path:
         if Path(config_path).suffix in (".yaml", ".yml"):
-            seed_yaml = _read_yaml(Path(config_path))
+            seed_yaml = _read_yaml(_seed_yaml_path(config_path))
         elif preset is None:
             preset = config_path  # `--config_path` may name a preset
         elif preset != config_path:

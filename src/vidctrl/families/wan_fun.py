@@ -300,7 +300,7 @@ class WanFunControl(ModelFamily):
         samples = []
         for i, prompt in enumerate(prompts):
             control, fps = load_control(controls[i], height, width, frames)
-            reference = load_reference(images[i], height, width) if images else control[0].clone()
+            reference = load_reference(images[i], height, width) if images else None
             samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
                                             name=f"sample-{i}", fps=fps))
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)

@@ -88,8 +88,17 @@ class Tracker:
 
     def close(self, result: Any) -> None:
         self.bar.close()
-        if self.main and result.losses:
-            from vidctrl.train.media import loss_curve_png
+        if not (self.main and self.metrics_path.exists()):
+            return
+        from vidctrl.train.media import loss_curve_png
 
-            steps, losses = zip(*result.losses, strict=True)
-            loss_curve_png(self.output_dir / "loss_curve.png", list(steps), list(losses), title="training loss")
+        # The whole run, across resumes: the latest value logged for each step up to this one.
+        by_step: dict[int, float] = {}
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["step"] <= result.global_step:
+                by_step[row["step"]] = row["loss"]
+        if by_step:
+            steps = sorted(by_step)
+            loss_curve_png(self.output_dir / "loss_curve.png", steps, [by_step[s] for s in steps],
+                           title="training loss")

@@ -65,7 +65,9 @@ class PhaseTimer:
 
 
 def config_hash(config: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """What a resume must not change (the run length, logging and validation may change)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in ("run", "validation")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
