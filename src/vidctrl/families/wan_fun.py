@@ -119,12 +119,10 @@ class WanFunControl(ModelFamily):
         transformer = self.components.transformer
         if self.train_mode in CAMERA_MODES and transformer.control_adapter is None:
             raise ValueError(f"{path}: train mode {self.train_mode} needs a transformer with a control_adapter")
-        expected = {"control_ref": 48, "control": 32}.get(self.train_mode, 32)
-        if transformer.config.in_channels != expected:
-            raise ValueError(
-                f"{path}: the transformer takes {transformer.config.in_channels} input channels, train mode "
-                f"{self.train_mode} feeds {expected}"
-            )
+        from vidctrl.models.widen import widen_input_channels
+
+        # A base with fewer input channels (text-to-video: 16) is widened with zero-filled channels.
+        widen_input_channels(transformer, "patch_embedding", {"control_ref": 48, "control": 32}.get(self.train_mode, 32))
 
     @property
     def denoiser(self) -> nn.Module:

@@ -87,6 +87,17 @@ def _optimizer_name(config: TrainConfig) -> str:
 
 def train(config: TrainConfig, *, family: ModelFamily | None = None) -> TrainResult:
     """Run training as configured; returns where everything went. Raises on any failure."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        return _train(config, family)
+    finally:
+        # accelerate keeps process-wide state; a second run in the same process (tests, notebooks)
+        # may use another precision.
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
