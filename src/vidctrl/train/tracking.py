@@ -7,6 +7,7 @@ import json
 import logging
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,7 @@ class Tracker:
         self.accelerator.log(values, step=step)
         if self.main:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, **values}) + "\n")
+                handle.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.bar.update(1)
 
