@@ -42,7 +42,7 @@ def batches(loader) -> list[dict]:
 def test_batches_share_one_shape_and_hold_uint8_clips_with_controls(dataset: Path) -> None:
     for batch in build_loader(config(dataset)):
         pixels, control = batch["pixels"], batch["control"]
-        assert pixels.dtype == torch.uint8 and pixels.ndim == 5 and pixels.shape[2] == 3
+        assert pixels.dtype == torch.uint8 and pixels.ndim == 5 and pixels.shape[-1] == 3
         assert control.shape == pixels.shape
         frames = pixels.shape[1]
         assert frames == 1 or (frames - 1) % 4 == 0

@@ -3,9 +3,10 @@
 The batch sampler has already decided the record, the output size and the frame count; the
 dataset draws the clip's frame indices from the request's own seed (so the result does not depend
 on which worker runs it), decodes those frames of the target and the same instants of the
-control, resizes and centre-crops them to the bucket, and hands back uint8 tensors (normalising
-happens on the accelerator, where it is free; uint8 crosses the worker pipe at a quarter of the
-bytes of float32).
+control, scales them while converting to RGB and crops them to the bucket, and hands back uint8
+tensors in the decoder's channels-last layout: `pixels` and `control` are (F, H, W, 3), a
+`reference` frame (H, W, 3). Normalising and permuting happen on the accelerator, where they are
+free; uint8 crosses the worker pipe at a quarter of the bytes of float32.
 
 A sample that cannot be loaded is never replaced by another one: in lenient mode it comes back as
 a `SkippedSample` (the collate function drops it and the trainer counts it), in strict mode it
@@ -27,7 +28,7 @@ from vidctrl.data.manifest import Manifest
 from vidctrl.data.records import DataError, Problem, Record
 from vidctrl.data.sampler import ClipRequest
 from vidctrl.data.sampling import control_indices
-from vidctrl.data.video import MediaError, read_frames
+from vidctrl.data.video import MediaError, MediaInfo, read_frames
 
 ASPECT_TOLERANCE = 0.02
 MAX_HANDS = 2  # ControlNeXt boxes at most two hands per frame
@@ -105,7 +106,8 @@ class ClipDataset(Dataset):
         geometry = self.geometry(record.height, record.width, request.height, request.width, rng)
 
         wanted = indices if reference_index is None else np.append(indices, reference_index)
-        frames = self._read(record.media, wanted, geometry)
+        frames = self._read(record.media, wanted, geometry, _info(record.kind, record.frames, record.fps,
+                                                                   record.width, record.height))
         sample: dict[str, Any] = {
             "index": request.index,
             "media": record.media,
@@ -147,17 +149,13 @@ class ClipDataset(Dataset):
         resize_h, resize_w, top, left = resize_crop_params(src_h, src_w, height, width)
         return Geometry(resize_h, resize_w, top, left, height, width)
 
-    def _read(self, path: str, indices: np.ndarray, geometry: Geometry) -> torch.Tensor:
-        """(N, 3, height, width) uint8: decode, resize, crop."""
-        frames = read_frames(path, indices)
-        tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        if tensor.shape[-2:] != (geometry.resize_h, geometry.resize_w):
-            tensor = torch.nn.functional.interpolate(
-                tensor.float(), size=(geometry.resize_h, geometry.resize_w), mode="bilinear", antialias=True,
-                align_corners=False,
-            ).round_().clamp_(0, 255).to(torch.uint8)
+    def _read(self, path: str, indices: np.ndarray, geometry: Geometry, info: MediaInfo | None = None) -> torch.Tensor:
+        """(N, height, width, 3) uint8: decode, scaled during the RGB conversion, then cropped."""
+        frames = read_frames(path, indices, info=info, size=(geometry.resize_h, geometry.resize_w))
         top, left = geometry.top, geometry.left
-        return tensor[:, :, top : top + geometry.height, left : left + geometry.width].contiguous()
+        if (top, left, geometry.height, geometry.width) != (0, 0, geometry.resize_h, geometry.resize_w):
+            frames = np.ascontiguousarray(frames[:, top : top + geometry.height, left : left + geometry.width])
+        return torch.from_numpy(frames)
 
     def _read_control(self, record: Record, indices: np.ndarray, geometry: Geometry) -> torch.Tensor:
         assert record.control is not None
@@ -185,7 +183,9 @@ class ClipDataset(Dataset):
                     f"control {record.control} is {record.control_width}x{record.control_height}, the target is "
                     f"{record.width}x{record.height}: the aspect ratios differ"
                 )
-        return self._read(record.control, wanted, geometry)
+        info = _info(record.kind, record.control_frames, record.control_fps, record.control_width,
+                     record.control_height)
+        return self._read(record.control, wanted, geometry, info)
 
     def _hand_boxes(self, record: Record, indices: np.ndarray, geometry: Geometry) -> dict[str, torch.Tensor]:
         """Per-frame hand boxes (x0, y0, x1, y1) in output pixels, NaN where a frame has fewer hands,
@@ -210,6 +210,14 @@ class ClipDataset(Dataset):
         scale = np.array([g.resize_w, g.resize_h, g.resize_w, g.resize_h], dtype=np.float32)
         shift = np.array([g.left, g.top, g.left, g.top], dtype=np.float32)
         return {"hand_boxes": torch.from_numpy(boxes * scale - shift), "hand_scores": torch.from_numpy(scores)}
+
+
+def _info(kind: str, frames: int | None, fps: float | None, width: int | None,
+          height: int | None) -> MediaInfo | None:
+    """The probed facts of a file from its manifest record (spares a header read per sample)."""
+    if frames is None or width is None or height is None or kind != "video" or not fps:
+        return None
+    return MediaInfo(kind="video", frames=frames, fps=fps, width=width, height=height)
 
 
 def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, Any]:

@@ -148,8 +148,8 @@ class WanFunControl(ModelFamily):
 
     # --- encoding ----------------------------------------------------------------------------
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) uint8 -> (B, 3, F, H, W) in [-1, 1], on the device, in the VAE's dtype."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 2, 1, 3, 4)
+        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
+        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
         return video.to(self.dtype) / 127.5 - 1.0
 
     @torch.no_grad()
@@ -313,18 +313,20 @@ class WanFunControl(ModelFamily):
         parts = []
         latent_frames = (frames - 1) // 4 + 1
         if self.train_mode in ("control_ref", "control"):
-            control = self._pixels(sample.control[None])
+            control = self._pixels(sample.control.permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
             parts.append(self.vae_encode(control, generator=None))
         reference = None
         if sample.reference is not None:
             reference = sample.reference[None].to(self.device).to(self.dtype) / 127.5 - 1.0
-        if self.train_mode != "control" and reference is not None:
-            ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)
+        if self.train_mode != "control":
+            # Without a reference image the slot stays zero, as training's reference dropout teaches.
             slot = torch.zeros((1, 16, latent_frames, height // 8, width // 8), device=self.device)
-            slot[:, :, :1] = ref_latent
+            if reference is not None:
+                ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)
+                slot[:, :, :1] = ref_latent
+                if opts.add_full_ref_image_in_self_attention:
+                    conditions["full_ref"] = ref_latent[:, :, 0]
             parts.append(slot)
-            if opts.add_full_ref_image_in_self_attention:
-                conditions["full_ref"] = ref_latent[:, :, 0]
         conditions["y"] = torch.cat(parts, dim=1)
         clip_source = reference if reference is not None else torch.zeros((1, 3, height, width), device=self.device)
         conditions["clip"] = self.encode_clip(clip_source)
