@@ -96,3 +96,8 @@ def test_bad_data_source_is_a_usage_error(model: Path, tmp_path: Path, capsys: p
                  "--output_dir", str(tmp_path / "x"), "--report_to", "none", "--max_train_steps", "1"])
     assert code != 0
     assert "train_data_meta" in capsys.readouterr().err
+
+
+def test_flags_of_systems_not_in_this_version_name_their_system() -> None:
+    with pytest.raises(ConfigError, match="--enable_control_pose, --pose_control_function: flags of DynamiCtrl"):
+        parse_train_config(["--preset", PRESET, "--enable_control_pose", "--pose_control_function", "padaln"])
