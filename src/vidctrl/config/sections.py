@@ -65,6 +65,12 @@ class OptimConfig:
     adam_weight_decay: float = option(1e-2, help="decoupled weight decay", flags=["--weight_decay"])
     adam_epsilon: float = option(1e-10, help="Adam epsilon", flags=["--epsilon"])
     max_grad_norm: float = option(1.0, help="clip the global gradient norm to this (0 = off)")
+    initial_grad_norm_ratio: float = option(
+        1.0, help="VideoX-Fun: the clip limit starts at this multiple of max_grad_norm and decays to it"
+    )
+    abnormal_norm_clip_start: int = option(
+        1000, help="VideoX-Fun: steps of that decay; after them, gradients over 5x the limit are clipped harder"
+    )
     lr_scheduler: str = option("constant", help="diffusers schedule: constant, constant_with_warmup, linear, "
                                "cosine, cosine_with_restarts, polynomial")
     lr_warmup_steps: int = option(0, help="optimizer steps of linear warmup")

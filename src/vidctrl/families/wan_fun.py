@@ -17,6 +17,8 @@ from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
+# What the VideoX-Fun trainer does without being told: a decaying gradient-clip limit.
+VIDEOX_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -45,13 +47,14 @@ class WanFunControl(ModelFamily):
     """Wan2.1-Fun Control: noisy (16) + control (16) + reference-in-frame-0 (16) latents = 48 channels."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "wan2.1-fun-control-v1.0": {"train_mode": "control_ref", "control_ref_image": "first_frame"},
+        "wan2.1-fun-control-v1.0": {**VIDEOX_CLIPPING, "train_mode": "control_ref", "control_ref_image": "first_frame"},
         "wan2.1-fun-control-v1.1": {
+            **VIDEOX_CLIPPING,
             "train_mode": "control_ref",
             "control_ref_image": "random",
             "add_full_ref_image_in_self_attention": True,
         },
-        "wan2.1-fun-control-camera": {"train_mode": "control_camera_ref", "control_ref_image": "first_frame"},
+        "wan2.1-fun-control-camera": {**VIDEOX_CLIPPING, "train_mode": "control_camera_ref", "control_ref_image": "first_frame"},
     }
     options_class: ClassVar[type] = WanFunOptions
     train_modes: ClassVar[tuple[str, ...]] = ("control_ref", "control", *CAMERA_MODES)

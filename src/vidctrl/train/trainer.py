@@ -24,6 +24,7 @@ from vidctrl.data.loader import build_loader, load_manifest
 from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
 from vidctrl.train.checkpoint import CheckpointManager, diffusers_weights, lora_weights, preflight
+from vidctrl.train.clipping import clip_gradients, grad_clip_limit
 from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups
 from vidctrl.train.rng import rank_generator
 from vidctrl.train.tracking import Tracker
@@ -240,9 +241,15 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
                     accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients and optim.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
-                    if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                        _bad_step(run.nan_policy, global_step, f"gradient norm is {float(grad_norm)}", encoded.media)
+                    grad_norm = clip_gradients(
+                        lambda: accelerator.clip_grad_norm_(trainable, float("inf")),
+                        trainable,
+                        lambda norm, step=global_step: grad_clip_limit(step, norm, max_grad_norm=optim.max_grad_norm,
+                                                                       initial_ratio=optim.initial_grad_norm_ratio,
+                                                                       abnormal_start=optim.abnormal_norm_clip_start),
+                    )
+                    if not math.isfinite(grad_norm):
+                        _bad_step(run.nan_policy, global_step, f"gradient norm is {grad_norm}", encoded.media)
                         optimizer.zero_grad(set_to_none=True)
                         continue
                 with timer("step"):
