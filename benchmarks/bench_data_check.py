@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_clip_loading import make_sources  # noqa: E402
-
-from vidctrl.data.check import InspectSettings, check_records  # noqa: E402
-from vidctrl.data.clips import ClipRules  # noqa: E402
-from vidctrl.data.layouts import load_dataset  # noqa: E402
-from vidctrl.data.config import DataConfig  # noqa: E402
+from bench_clip_loading import make_sources
+from vidctrl.data.check import InspectSettings, check_records
+from vidctrl.data.clips import ClipRules
+from vidctrl.data.config import DataConfig
+from vidctrl.data.layouts import load_dataset
 
 
 def build(root: Path, sources: list[Path], samples: int) -> Path:
