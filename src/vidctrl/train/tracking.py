@@ -65,7 +65,8 @@ class Tracker:
         self.accelerator.log(values, step=step)
         if self.main:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+                handle.write(json.dumps({"step": step, "time": time.time(), "cpu_time": time.process_time(),
+                                         **values}) + "\n")
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             self.bar.update(1)
 
