@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vidctrl.commands import data as data_commands
     from vidctrl.commands import demo as demo_command
+    from vidctrl.commands import export as export_commands
     from vidctrl.commands import model as model_commands
     from vidctrl.commands import train as train_command
 
@@ -29,19 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(commands)
     model_commands.register(commands)
     demo_command.register(commands)
+    export_commands.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    from vidctrl.config.fields import ConfigError
     from vidctrl.data.records import DataError
 
     try:
         return int(args.func(args) or 0)
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         # A data problem is the user's to fix: say what and where, without a traceback.
-        print(f"error: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(text if text.startswith("error: ") else f"error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

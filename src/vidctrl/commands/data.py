@@ -1,4 +1,4 @@
-"""`vidctrl data sample|check|plan|convert`: know a dataset before training on it."""
+"""`vidctrl data sample|check|plan|convert|prepare`: make a dataset, and know it before training on it."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--copy", action="store_true", help="copy media instead of symlinking (DynamiCtrl layout)")
     convert.add_argument("--workers", type=int, default=None)
     convert.set_defaults(func=run_convert)
+
+    from vidctrl.prepare.config import PrepareConfig
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="turn a folder of raw videos into a dataset: pose videos (DWPose), boxes, captions",
+        description="Exit status: 0 when every video made it into the dataset, 1 when any failed, "
+        "2 on a usage error (a missing model file, say). A rerun resumes: finished videos are skipped.",
+    )
+    add_arguments(prepare, PrepareConfig)
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
+    prepare.set_defaults(func=run_prepare)
 
 
 def _bool_or_auto(text: str) -> str | bool:
@@ -120,7 +132,12 @@ def run_check(args: argparse.Namespace) -> int:
             print(f"  error   {kind}: {count}")
         for kind, count in summary["warnings_by_kind"].items():
             print(f"  warning {kind}: {count}")
-        print("ok" if report.ok else "bad samples found: training in lenient mode skips them; strict mode stops")
+        if report.ok:
+            print("ok")
+        elif report.metadata_errors:
+            print("the metadata cannot be read as a whole: fix it before training")
+        else:
+            print("bad samples found: training in lenient mode leaves them out and counts them; strict mode stops")
     return 0 if report.ok else 1
 
 
@@ -151,3 +168,24 @@ def run_convert(args: argparse.Namespace) -> int:
     path = write_layout(records, args.out, args.to_layout, **options)
     print(f"wrote {len(records)} samples ({imported.layout} -> {args.to_layout}): {path}")
     return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from vidctrl.prepare.config import PrepareConfig
+    from vidctrl.prepare.pipeline import prepare_dataset
+
+    config = build(PrepareConfig, given(args, PrepareConfig))
+    report = prepare_dataset(config, progress=not args.quiet)
+    for source, reason in report.skipped:
+        print(f"skipped {source}: {reason}")
+    for source, reason in report.failed:
+        print(f"error: {source}: {reason}", file=sys.stderr)
+    print(
+        f"{len(report.records)} clips ({report.processed} made, {report.reused} already done), "
+        f"{len(report.skipped)} videos skipped, {len(report.failed)} failed, in {report.seconds:.1f} s"
+    )
+    if report.layout_path is not None:
+        print(f"wrote the {config.layout} layout: {report.layout_path}")
+        print("check it with: vidctrl data check " + " ".join(source_flags(config.layout, report.layout_path,
+                                                                           report.layout_path.parent)))
+    return 0 if report.ok and report.records else 1

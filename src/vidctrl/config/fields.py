@@ -16,6 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+
+class ConfigError(ValueError):
+    """A configuration the run cannot honour; the message says why and what to do."""
+
+
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 

@@ -69,6 +69,9 @@ class Manifest:
         from vidctrl.data.records import DataError
 
         path = Path(path)
+        if not path.is_file():
+            raise DataError(Problem(message="manifest file not found", file=str(path), code="missing_metadata",
+                                    fix="pass the manifest written by `vidctrl data convert --to manifest`"))
         try:
             table = pa_json.read_json(
                 path,
@@ -190,6 +193,10 @@ def write_manifest(records: Iterable[Record], path: str | os.PathLike[str]) -> P
 def read_manifest_records(path: str | os.PathLike[str]) -> ImportResult:
     """Read a JSONL manifest line by line into Records, reporting every malformed line."""
     path = Path(path)
+    if not path.is_file():
+        problem = Problem(message="manifest file not found", file=str(path), code="missing_metadata",
+                          fix="pass the manifest written by `vidctrl data convert --to manifest`")
+        return ImportResult(records=[], problems=[problem], layout="manifest")
     base = path.resolve().parent
     records: list[Record] = []
     problems: list[Problem] = []
