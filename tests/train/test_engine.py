@@ -99,5 +99,5 @@ def test_bad_data_source_is_a_usage_error(model: Path, tmp_path: Path, capsys: p
 
 
 def test_flags_of_systems_not_in_this_version_name_their_system() -> None:
-    with pytest.raises(ConfigError, match="--enable_control_pose, --pose_control_function: flags of DynamiCtrl"):
-        parse_train_config(["--preset", PRESET, "--enable_control_pose", "--pose_control_function", "padaln"])
+    with pytest.raises(ConfigError, match="--controlnet_model_name_or_path: flags of ControlNeXt-SVD"):
+        parse_train_config(["--preset", PRESET, "--controlnet_model_name_or_path", "x"])

@@ -49,6 +49,12 @@ class ClipRules:
             raise ValueError(
                 f"--dataset_type {config.dataset_type!r} is not known; ControlNeXt's pose-video dataset is 'ubc'"
             )
+        bucket_flags = [name for name in ("height_buckets", "width_buckets", "frame_buckets") if getattr(config, name)]
+        if bucket_flags and rule != "dynamictrl":
+            raise ValueError(
+                f"{', '.join('--' + n for n in bucket_flags)}: DynamiCtrl's buckets apply to its frame sampling "
+                f"(--frame_sampling dynamictrl, the default with --data_root); this run samples frames the {rule} way"
+            )
         fixed = config.fix_sample_size is not None or (config.height is not None and config.width is not None)
         crop: CropMode = "center"
         if rule == "controlnext":
@@ -62,7 +68,7 @@ class ClipRules:
             drop_start=config.video_length_drop_start,
             drop_end=config.video_length_drop_end,
             interval_frame=config.interval_frame,
-            frame_buckets=(config.video_sample_n_frames,),
+            frame_buckets=tuple(config.frame_buckets or (config.video_sample_n_frames,)),
             crop=crop,
         )
 
@@ -89,6 +95,8 @@ class ClipRules:
     @property
     def min_frames(self) -> int:
         """The fewest clip frames a usable video gives."""
+        if self.rule == "dynamictrl":
+            return min(self.frame_buckets or (self.n_frames,))
         return 1 if self.rule == "videox" else self.n_frames
 
     def describe(self) -> str:
@@ -96,7 +104,11 @@ class ClipRules:
             return (f"sampling {self.n_frames} frames every {self.stride} within "
                     f"[{self.drop_start:g}, {self.drop_end:g}] of the video")
         if self.rule == "dynamictrl":
-            return f"a contiguous window of {self.n_frames} frames"
+            buckets = self.frame_buckets or (self.n_frames,)
+            if len(buckets) == 1:
+                return f"a contiguous window of {buckets[0]} frames"
+            return (f"a contiguous window of the frame bucket ({', '.join(map(str, buckets))}) nearest "
+                    f"min(length, {self.n_frames})")
         return f"{self.n_frames} frames every {self.interval_frame or 'random 2-7'}"
 
     def sample(self, num_frames: int, frames: int, rng: np.random.Generator) -> tuple[np.ndarray, int | None]:

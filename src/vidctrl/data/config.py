@@ -69,8 +69,23 @@ class DataConfig:
     fix_sample_size: list[int] | None = option(
         None, help="train at exactly HEIGHT WIDTH, no buckets"
     )
-    height: int | None = option(None, help="fixed training height (DynamiCtrl, ControlNeXt)")
-    width: int | None = option(None, help="fixed training width (DynamiCtrl, ControlNeXt)")
+    height: int | None = option(
+        None, help="fixed training height (ControlNeXt); with DynamiCtrl's size buckets, the validation height"
+    )
+    width: int | None = option(
+        None, help="fixed training width (ControlNeXt); with DynamiCtrl's size buckets, the validation width"
+    )
+    height_buckets: list[int] | None = option(
+        None, help="DynamiCtrl: training heights; each video is stretched to the (height, width) bucket pair "
+        "nearest its size in |dh| + |dw| (dynamictrl frame sampling only)"
+    )
+    width_buckets: list[int] | None = option(
+        None, help="DynamiCtrl: training widths (see --height_buckets)"
+    )
+    frame_buckets: list[int] | None = option(
+        None, help="DynamiCtrl: clip lengths; each video gives the bucket nearest min(its length, "
+        "--max_num_frames) (dynamictrl frame sampling only; default: --max_num_frames)"
+    )
     enable_bucket: bool = option(False, help="group samples into aspect-ratio buckets instead of cropping")
     random_hw_adapt: bool = option(False, help="draw each batch's size between the sample sizes")
     training_with_video_token_length: bool = option(

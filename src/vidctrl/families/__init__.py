@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from vidctrl.families.base import ModelFamily
+from vidctrl.families.cogvideox_fun import CogVideoXFun
+from vidctrl.families.dynamictrl import DynamiCtrl
 from vidctrl.families.wan_fun import WanFunControl
 
-FAMILIES: list[type[ModelFamily]] = [WanFunControl]
+FAMILIES: list[type[ModelFamily]] = [WanFunControl, CogVideoXFun, DynamiCtrl]
 
 
 def all_presets() -> dict[str, type[ModelFamily]]:

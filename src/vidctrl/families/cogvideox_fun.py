@@ -1,0 +1,473 @@
+"""CogVideoX-Fun (InP and Control): condition latents concatenated on the channels of a CogVideoX
+transformer, trained with DDPM (v-prediction, zero terminal SNR).
+
+Facts (VideoX-Fun scripts/cogvideox_fun/train.py and train_control.py; CogVideoX-Fun scripts/train.py;
+released configs in shared/reference/checkpoints/CogVideoX-Fun-V1.1-*):
+
+- Hidden states are ``(B, F, C, H, W)``. InP: ``noisy (16) + mask (1) + masked-video latents (16) = 33``
+  input channels; Control: ``noisy (16) + control latents (16) = 32``; normal (text-to-video): 16.
+- Latents are ``vae.encode(x).latent_dist.sample() * scaling_factor`` (0.7 for 5B, 1.15258426 for 2B);
+  control latents the same. The inpaint condition is ``cat([latent keep mask, masked-video latents])``
+  times ``scaling_factor`` (the mask channel too), zeroed for 90% of fully masked samples
+  (text-to-video is the fully masked case). Masks: `vidctrl.models.cogvideox.inpaint`.
+- Text: T5 tokens padded to 226 (``--tokenizer_max_length``), no attention mask, ``[0]`` of the encoder.
+  VideoX-Fun's dataset drops the caption with probability 0.1 (``text_drop_ratio``; CogVideoX-Fun's
+  dataset default is -1, never).
+- Objective: ``mse(model(x_t), v)`` averaged over every element, ``x_t = add_noise(x0, eps, t)``,
+  t uniform over ``train_sampling_steps`` (rank-stratified with ``--uniform_sampling``). VideoX-Fun
+  loads the scheduler folder as ``DDPMScheduler``, which ignores ``snr_shift_scale`` (3.0 in the 2B
+  config), while the CogVideoX pipelines sample with ``CogVideoXDDIMScheduler``/``DPMScheduler``, which
+  apply it. vidctrl trains on the schedule of the config's own class by default (shift applied) and
+  samples validation videos on exactly the training ``alphas_cumprod``; ``--noise_schedule ddpm``
+  reproduces CogVideoX-Fun's training noise (and then validates without the shift as well).
+- 5B: 3D rotary embeddings computed for the training size (`rotary_embedding`); 2B: diffusers
+  recomputes its sinusoidal table for the training size (CogVideoX-Fun's own 2B class instead
+  interpolated the 480x720 table; the saved model runs in diffusers, so vidctrl trains what diffusers runs).
+- Gradient clipping: the CogVideoX-Fun scripts' decaying limit (``initial_grad_norm_ratio`` 5,
+  ``abnormal_norm_clip_start`` 1000).
+- Validation: inpaint mode conditions on the reference image as frame 0 (the rest masked), or on
+  nothing (text-to-video) without one; control mode on the control video; normal on text only.
+  Negative prompt and noise augmentation 0.0563 of the kept frame as the CogVideoX-Fun pipelines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from vidctrl.config.fields import option
+from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+
+# CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
+COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
+NEGATIVE_PROMPT = (
+    "The video is not of a high quality, it has a low resolution. Watermark present in each frame. "
+    "The background is solid. Strange body and strange trajectory. Distortion. "
+)
+TRAIN_MODES = ("inpaint", "control", "normal")
+
+
+def validation_inputs(config: Any, mode: str) -> tuple[list[str], list[str], list[str]]:
+    """Prompts, start images (inpaint) and control videos (control) of the validation flags, checked
+    against the train mode: ``--validation_paths`` is VideoX-Fun's spelling of whichever the mode takes."""
+    v, paths = config.validation, config.family.validation_paths or []
+    if paths and (v.validation_images or v.validation_control_videos):
+        raise ValueError("--validation_paths and --validation_images/--validation_control_videos name the same "
+                         "inputs: pass one of them")
+    if v.validation_images and mode != "inpaint":
+        raise ValueError(f"--validation_images: train mode {mode} takes no start image (inpaint does)")
+    if v.validation_control_videos and mode != "control":
+        raise ValueError(f"--validation_control_videos: train mode {mode} takes no control video (control does)")
+    if paths and mode == "normal":
+        raise ValueError("--validation_paths: train mode normal takes neither start images nor control videos")
+    prompts = list(v.validation_prompts or [])
+    if v.validation_prompt_separator and len(prompts) == 1:
+        prompts = prompts[0].split(v.validation_prompt_separator)
+    images = list(v.validation_images or (paths if mode == "inpaint" else []))
+    controls = list(v.validation_control_videos or (paths if mode == "control" else []))
+    if not (v.validation_steps or v.validation_epochs):
+        return prompts, images, controls
+    if not prompts:
+        raise ValueError("validation (--validation_steps / --validation_epochs) needs --validation_prompts")
+    if mode == "control" and len(controls) != len(prompts):
+        raise ValueError(f"control validation needs one control video per prompt (--validation_control_videos or "
+                         f"--validation_paths); got {len(prompts)} prompts, {len(controls)} control videos")
+    if images and len(images) != len(prompts):
+        raise ValueError(f"one start image per prompt (--validation_images or --validation_paths); got "
+                         f"{len(prompts)} prompts, {len(images)} images")
+    return prompts, images, controls
+
+
+@dataclass
+class CogVideoXFunOptions:
+    """Flags only CogVideoX-Fun honours."""
+
+    tokenizer_max_length: int = option(226, help="text tokens (T5)")
+    text_dropout: float = option(
+        0.1, help="probability of training a sample on the empty prompt (VideoX-Fun's text_drop_ratio)"
+    )
+    inpaint_mask_distribution: Literal["videox_fun", "cogvideox_fun"] = option(
+        "videox_fun", help="random inpaint masks: VideoX-Fun's ten kinds or the original CogVideoX-Fun's five"
+    )
+    add_noise_in_inpaint_model: bool | None = option(
+        None, help="noise the kept pixels before encoding them (InP V1.1); default: the transformer config's value"
+    )
+    noise_schedule: Literal["config", "ddpm"] = option(
+        "config",
+        help="training alphas: as the scheduler config's class builds them (snr_shift_scale applied, as sampling "
+        "does), or as DDPMScheduler (CogVideoX-Fun's trainer: the shift ignored)",
+    )
+    prediction_type: Literal["epsilon", "v_prediction"] | None = option(
+        None, help="what the model predicts; default: the scheduler config's prediction_type"
+    )
+    validation_sampler: Literal["ddim", "dpm"] = option(
+        "ddim", help="validation sampling: CogVideoX DDIM, or CogVideoX DPM-Solver (recommended for 5B)"
+    )
+    validation_paths: list[str] | None = option(
+        None, help="VideoX-Fun spelling: start images (inpaint) or control videos (control), one per prompt"
+    )
+    negative_prompt: str = option(NEGATIVE_PROMPT, help="negative prompt for classifier-free guidance in validation")
+
+
+class CogVideoXFun(ModelFamily):
+    """CogVideoX-Fun InP (33 input channels) and Control (32) on a CogVideoX transformer."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "cogvideox-fun-inp": {**COGVIDEOX_FUN_CLIPPING, "train_mode": "inpaint"},
+        "cogvideox-fun-control": {**COGVIDEOX_FUN_CLIPPING, "train_mode": "control"},
+    }
+    options_class: ClassVar[type] = CogVideoXFunOptions
+    train_modes: ClassVar[tuple[str, ...]] = TRAIN_MODES
+    frame_multiple: ClassVar[int] = 4
+    trainable_component: ClassVar[str] = "transformer"
+    lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def __init__(self, preset: str, options: CogVideoXFunOptions, *, train_mode: str, config: Any = None) -> None:
+        super().__init__(preset, options or CogVideoXFunOptions(), train_mode=train_mode, config=config)
+        self.components: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.add_noise_in_inpaint_model = False
+
+    # --- configuration -----------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        from vidctrl.config.train import ConfigError
+
+        mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
+        if mode not in TRAIN_MODES:
+            raise ConfigError(f"--train_mode {mode}: CogVideoX-Fun trains in {', '.join(TRAIN_MODES)}")
+        if config.preset == "cogvideox-fun-control" and mode == "inpaint":
+            raise ConfigError("--train_mode inpaint needs an InP checkpoint (33 input channels): use preset "
+                              "cogvideox-fun-inp")
+        if config.preset == "cogvideox-fun-inp" and mode == "control":
+            raise ConfigError("--train_mode control needs a Control checkpoint (32 input channels) or a plain "
+                              "CogVideoX base: use preset cogvideox-fun-control")
+        objective = config.objective
+        if objective.loss_type not in (None, "ddpm"):
+            raise ConfigError(f"--loss_type {objective.loss_type}: CogVideoX-Fun trains with DDPM only")
+        if objective.weighting_scheme != "none":
+            raise ConfigError(
+                f"--weighting_scheme {objective.weighting_scheme}: CogVideoX-Fun draws DDPM timesteps uniformly "
+                "(rank-stratified with --uniform_sampling); the weighting schemes belong to flow matching"
+            )
+        if objective.motion_sub_loss:
+            raise ConfigError("--motion_sub_loss: vidctrl's DDPM objective has no frame-difference loss yet; "
+                              "remove the flag (it changes the loss, so it is not ignored silently)")
+        try:
+            validation_inputs(config, mode)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @classmethod
+    def write_tiny(cls, out_dir: Path, preset: str, *, layout: str = "diffusers", seed: int = 0) -> Path:
+        from vidctrl.models.cogvideox.tiny import write_tiny_cogvideox
+
+        if layout != "diffusers":
+            raise ValueError(f"CogVideoX-Fun releases ship in the diffusers layout only, not {layout!r}")
+        return write_tiny_cogvideox(out_dir, preset, seed=seed)
+
+    # --- components --------------------------------------------------------------------------
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+        from vidctrl.models.cogvideox.components import load_cogvideox_components, widen_patch_embedding
+
+        self.components = load_cogvideox_components(path, dtype=dtype, device=device)
+        self.device, self.dtype = torch.device(device), dtype
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False).eval()
+        transformer = self.components.transformer
+        latent = self.components.vae.config.latent_channels
+        needed = {"inpaint": 2 * latent + 1, "control": 2 * latent, "normal": latent}[self.train_mode]
+        base = transformer.config.in_channels
+        if base not in (needed, latent):
+            raise ValueError(
+                f"{path}: the transformer takes {base} input channels; train mode {self.train_mode} feeds {needed}. "
+                f"Only a text-to-video base ({latent} channels) is widened; choose the preset of this checkpoint"
+            )
+        # A text-to-video base is widened with zero-filled channels (it computes what it did until trained).
+        widen_patch_embedding(transformer, needed)
+        raw = self.components.transformer_config
+        flag = self.options.add_noise_in_inpaint_model
+        self.add_noise_in_inpaint_model = bool(raw.get("add_noise_in_inpaint_model", False) if flag is None else flag)
+        if "add_noise_in_inpaint_model" in raw or flag is not None:
+            # Not a diffusers argument; kept in the saved config for VideoX-Fun, which reads it from there.
+            transformer.register_to_config(add_noise_in_inpaint_model=self.add_noise_in_inpaint_model)
+        model_config = getattr(self.config, "model", None)
+        if model_config is not None and model_config.transformer_path is not None:
+            self._load_transformer_path(Path(model_config.transformer_path))
+        vae = self.components.vae
+        if model_config is not None and model_config.enable_slicing:
+            vae.enable_slicing()
+        if model_config is not None and model_config.enable_tiling:
+            vae.enable_tiling()
+
+    def _load_transformer_path(self, path: Path) -> None:
+        """``--transformer_path``: weights of the same (widened) transformer, strictly."""
+        from vidctrl.models.cogvideox.components import WEIGHTS_STEM, find_weights, load_transformer_weights
+        from vidctrl.models.loading import open_checkpoint
+
+        if path.is_dir():
+            folder = path / "transformer" if (path / "transformer").is_dir() else path
+            source: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
+        else:
+            source = path
+        transformer = self.components.transformer
+        load_transformer_weights(transformer, open_checkpoint(source), dtype=self.dtype, device=self.device)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.components.transformer
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+
+    # --- objective ---------------------------------------------------------------------------
+    def prediction_type(self) -> str:
+        return self.options.prediction_type or self.components.scheduler_config.get("prediction_type", "epsilon")
+
+    def training_alphas_cumprod(self) -> torch.Tensor:
+        """The schedule the objective noises with (see the module docstring on ``snr_shift_scale``)."""
+        from vidctrl.objectives.ddpm import alphas_cumprod_from_config
+
+        scheduler_class = "DDPMScheduler" if self.options.noise_schedule == "ddpm" else None
+        return alphas_cumprod_from_config(self.components.scheduler_config, scheduler_class)
+
+    def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
+        from vidctrl.objectives.ddpm import DDPM
+        from vidctrl.objectives.timesteps import build_index_sampler
+
+        sampler = build_index_sampler(num_indices=config.train_sampling_steps, uniform_sampling=config.uniform_sampling,
+                                      rank=rank, world_size=world_size)
+        return DDPM(self.training_alphas_cumprod(), prediction_type=self.prediction_type(),  # type: ignore[arg-type]
+                    sampler=sampler)
+
+    def sampling_scheduler(self) -> Any:
+        """A CogVideoX DDIM or DPM scheduler on exactly the training ``alphas_cumprod``."""
+        from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+        config = {**self.components.scheduler_config, "prediction_type": self.prediction_type()}
+        scheduler_cls = CogVideoXDPMScheduler if self.options.validation_sampler == "dpm" else CogVideoXDDIMScheduler
+        scheduler = scheduler_cls.from_config(config)
+        scheduler.alphas_cumprod = self.training_alphas_cumprod().to(scheduler.alphas_cumprod.dtype)
+        return scheduler
+
+    # --- encoding ----------------------------------------------------------------------------
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
+        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
+        return video.to(self.dtype) / 127.5 - 1.0
+
+    def usable_frames(self, frames: int) -> int:
+        """CogVideoX 1.5 needs latent frames in multiples of ``patch_size_t``: drop the extra ones at the end."""
+        p_t = self.components.transformer.config.patch_size_t
+        if p_t is None or frames == 1:
+            return frames
+        extra = ((frames - 1) // 4 + 1) % p_t
+        return max(frames - extra * 4, 1)
+
+    @torch.no_grad()
+    def vae_encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled latents (B, 16, T, h, w) float32: sampled with `generator` (training), else the mean."""
+        vae = self.components.vae
+        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
+        out = []
+        for part in video.split(chunk):
+            dist = vae.encode(part.to(vae.dtype)).latent_dist
+            latents = dist.mean.float()
+            if generator is not None:
+                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
+                latents = latents + dist.std.float() * noise
+            out.append(latents)
+        return torch.cat(out) * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """T5 embeddings (B, 226, 4096): padded to the maximum length, no attention mask (as CogVideoX)."""
+        c = self.components
+        tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
+                             truncation=True, add_special_tokens=True, return_tensors="pt")
+        return c.text_encoder(tokens.input_ids.to(self.device))[0].float()
+
+    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample Bernoulli draws from this rank's condition stream (True = drop)."""
+        return torch.rand(size, generator=generator) < probability
+
+    def inpaint_condition(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
+                          generator: torch.Generator) -> torch.Tensor:
+        """(B, 17, T, h, w): the latent keep mask and the masked video's latents, scaled; random masks."""
+        from vidctrl.models.cogvideox.inpaint import (
+            T2V_ZERO_PROBABILITY,
+            draw_inpaint_mask,
+            latent_mask,
+            noise_kept_pixels,
+        )
+
+        batch, _, frames, height, width = pixels.shape
+        masks = torch.stack([
+            draw_inpaint_mask(frames, height, width, generator, self.options.inpaint_mask_distribution)[0]
+            for _ in range(batch)
+        ]).permute(0, 2, 1, 3, 4).to(self.device, torch.float32)  # (B, 1, F, H, W), 1 = generate
+        fully_masked = masks.flatten(1).min(dim=1).values == 1
+        zeroed = fully_masked & (torch.rand(batch, generator=generator) < T2V_ZERO_PROBABILITY).to(self.device)
+        masked_video = pixels * (1 - masks.to(pixels.dtype)) - masks.to(pixels.dtype)
+        if self.add_noise_in_inpaint_model:
+            masked_video = noise_kept_pixels(masked_video, generator)
+        masked_latents = self.vae_encode(masked_video, generator)
+        keep = latent_mask(1 - masks.float(), latent_size) * self.components.vae.config.scaling_factor
+        condition = torch.cat([keep, masked_latents], dim=1)
+        return condition * (~zeroed).to(condition).view(-1, 1, 1, 1, 1)
+
+    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+        pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
+        frames = self.usable_frames(pixels.shape[2])
+        pixels = pixels[:, :, :frames]
+        batch_size = pixels.shape[0]
+        latents = self.vae_encode(pixels, generator)  # (B, 16, T, h, w)
+        latent_size = tuple(latents.shape[2:])
+        conditions: dict[str, Any] = {}
+        if self.train_mode == "inpaint":
+            inpaint = self.inpaint_condition(pixels, latent_size, generator)  # type: ignore[arg-type]
+            conditions["inpaint"] = inpaint.permute(0, 2, 1, 3, 4)
+        elif self.train_mode == "control":
+            if "control" not in batch:
+                raise ValueError(f"train mode control needs control videos; batch {batch['media']} has none")
+            control = self.vae_encode(self._pixels(batch["control"])[:, :, :frames], generator)
+            conditions["control"] = control.permute(0, 2, 1, 3, 4)
+        dropped = self._draw(self.options.text_dropout, batch_size, generator)
+        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"], strict=True)]
+        conditions["text"] = self.encode_text(captions)
+        t, h, w = latent_size
+        p, p_t = self.components.transformer.config.patch_size, self.components.transformer.config.patch_size_t
+        tokens = batch_size * (t // (p_t or 1)) * (h // p) * (w // p)
+        return EncodedBatch(latents=latents.permute(0, 2, 1, 3, 4), conditions=conditions,
+                            media=list(batch["media"]), tokens=tokens)
+
+    def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+        return self._forward(model, noisy, timesteps, encoded.conditions)
+
+    def _forward(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                 conditions: dict[str, Any]) -> torch.Tensor:
+        """The transformer on (B, T, 16, h, w) noisy latents with the mode's channels concatenated."""
+        from vidctrl.models.cogvideox.components import rotary_embedding
+
+        config = self.components.transformer.config
+        parts = [noisy] + [conditions[k].to(noisy.dtype) for k in ("inpaint", "control") if k in conditions]
+        hidden = torch.cat(parts, dim=2)
+        batch, frames, _, height, width = noisy.shape
+        rotary = rotary_embedding(config, latent_frames=frames, latent_height=height, latent_width=width,
+                                  device=noisy.device)
+        extra = {}
+        if config.ofs_embed_dim is not None:  # CogVideoX 1.5 I2V's offset embedding, 2.0 as its pipeline
+            extra["ofs"] = noisy.new_full((batch,), 2.0)
+        return model(hidden_states=hidden, encoder_hidden_states=conditions["text"].to(noisy.dtype),
+                     timestep=timesteps, image_rotary_emb=rotary, return_dict=False, **extra)[0]
+
+    # --- validation --------------------------------------------------------------------------
+    def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
+        from vidctrl.data.sampling import cut_to_4k_plus_1
+        from vidctrl.data.shapes import fixed_size
+        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+
+        v = config.validation
+        if not (v.validation_steps or v.validation_epochs):
+            return None
+        prompts, images, controls = validation_inputs(config, self.train_mode)
+        size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
+        height, width = v.validation_height or size[0], v.validation_width or size[1]
+        frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
+        samples = []
+        for i, prompt in enumerate(prompts):
+            reference = load_reference(images[i], height, width) if images and self.train_mode == "inpaint" else None
+            if self.train_mode == "control":
+                control, fps = load_control(controls[i], height, width, frames)
+            else:
+                # No control video: the contact sheet's control row shows what the model is given.
+                control, fps = self.inpaint_input(reference, frames, height, width), 8.0
+            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
+                                            name=f"sample-{i}", fps=fps))
+        return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
+
+    @staticmethod
+    def inpaint_input(reference: torch.Tensor | None, frames: int, height: int, width: int) -> torch.Tensor:
+        """(F, 3, H, W) uint8: the reference as frame 0 and black (masked) frames after it."""
+        video = torch.zeros((frames, 3, height, width), dtype=torch.uint8)
+        if reference is not None:
+            video[0] = reference
+        return video
+
+    @torch.no_grad()
+    def sampling_inpaint_condition(self, reference: torch.Tensor | None, latent_size: tuple[int, int, int],
+                                   frames: int, generator: torch.Generator) -> torch.Tensor:
+        """(1, T, 17, h, w): frame 0 kept from the reference, the rest generated; zeros without one."""
+        from vidctrl.models.cogvideox.inpaint import SAMPLING_NOISE_RATIO, latent_mask, noise_kept_pixels
+
+        t, h, w = latent_size
+        latent = self.components.vae.config.latent_channels
+        if reference is None:
+            return torch.zeros((1, t, latent + 1, h, w), device=self.device)
+        image = reference.to(self.device).to(self.dtype) / 127.5 - 1.0  # (3, H, W)
+        video = torch.full((1, 3, frames, *image.shape[1:]), -1.0, device=self.device, dtype=self.dtype)
+        video[:, :, 0] = image
+        keep = torch.zeros((1, 1, frames, *image.shape[1:]), device=self.device)
+        keep[:, :, 0] = 1
+        if self.add_noise_in_inpaint_model:
+            video = noise_kept_pixels(video, generator, ratio=SAMPLING_NOISE_RATIO)
+        masked_latents = self.vae_encode(video, generator=None)
+        mask = latent_mask(keep, latent_size) * self.components.vae.config.scaling_factor
+        return torch.cat([mask, masked_latents], dim=1).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
+                 steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
+        """DDIM or DPM-Solver sampling on the training schedule, with classifier-free guidance."""
+        frames = self.usable_frames(frames)
+        latent_size = ((frames - 1) // 4 + 1, height // 8, width // 8)
+        latent = self.components.vae.config.latent_channels
+        conditions: dict[str, Any] = {}
+        if self.train_mode == "inpaint":
+            conditions["inpaint"] = self.sampling_inpaint_condition(sample.reference, latent_size, frames, generator)
+        elif self.train_mode == "control":
+            control = self._pixels(sample.control[:frames].permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
+            conditions["control"] = self.vae_encode(control, generator=None).permute(0, 2, 1, 3, 4)
+        guided = guidance_scale > 1.0
+        prompts = [self.options.negative_prompt, sample.prompt] if guided else [sample.prompt]
+        conditions["text"] = self.encode_text(prompts)
+        if guided:
+            conditions = {k: v if k == "text" else torch.cat([v, v]) for k, v in conditions.items()}
+        scheduler = self.sampling_scheduler()
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (1, latent_size[0], latent, latent_size[1], latent_size[2])
+        latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
+        previous_x0 = None
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents, latents]) if guided else latents
+            prediction = self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]),
+                                       conditions).float()
+            if guided:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            if self.options.validation_sampler == "dpm":
+                latents, previous_x0 = scheduler.step(prediction, previous_x0, t, timesteps[i - 1] if i > 0 else None,
+                                                      latents, generator=generator, return_dict=False)
+            else:
+                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        return self.decode(latents)[:frames]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8.
+
+        The CogVideoX VAE decodes an even number of latent frames to ``4 T`` frames (its temporal
+        upsampling doubles every frame of an even chunk), an odd number to ``4 T - 3``; callers cut
+        to the frames they asked for.
+        """
+        vae = self.components.vae
+        video = vae.decode((latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 0, 2, 3).cpu()

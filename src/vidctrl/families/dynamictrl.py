@@ -1,0 +1,516 @@
+"""DynamiCtrl: CogVideoX1.5-5B-I2V with the reference latent concatenated (32 channels) and the pose
+video through Pose-adaptive LayerNorm in every block (`vidctrl.models.cogvideox.padaln`).
+
+What the original does (gulucaptain/DynamiCtrl ``scripts/dynamictrl_sft_finetune.py``,
+``utils/dataset.py``, ``dynamictrl/pipelines/dynamictrl_pipeline.py``), and what vidctrl does:
+
+- Clips: a contiguous window of the frame bucket nearest ``min(len, --max_num_frames)``, stretched to
+  the (height, width) bucket pair nearest the video's size (`vidctrl.data.sampling`,
+  `vidctrl.data.shapes`). CogVideoX 1.5 patches ``patch_size_t = 2`` latent frames at a time, so
+  ``(F - 1) // 4 + 1`` must be even (the original's help: "such as 53"): the config check refuses
+  other frame buckets instead of crashing in the patch embedding as the original does.
+- Reference: the clip's first frame plus Gaussian noise of scale ``exp(N(-3, 0.5))`` per sample (in
+  [-1, 1] pixels), VAE-encoded, followed by zero latents for the remaining frames; the whole
+  reference latent is zeroed with probability ``--noised_image_dropout`` (0.05). The original draws
+  that once per batch with Python's ``random``; vidctrl draws per sample from the rank's condition
+  stream (the same with batch size 1).
+- Latents of the video, the noisy reference and the pose are posterior *samples* times the VAE's
+  ``scaling_factor`` (``(B, F, 16, h, w)``); captions get ``--id_token`` and a space in front and are
+  encoded by T5 to ``max_text_seq_length`` (226) tokens without an attention mask.
+- Objective: `vidctrl.objectives.ddpm.DDPM` on ``CogVideoXDPMScheduler``'s schedule (its SNR shift
+  applies), uniform integer timesteps, v-prediction turned into x0 and weighted by
+  ``1 / (1 - alphabar_t)`` (``loss_style="x0"``). ``ofs`` is 2.0.
+- PadaLN: a CogVideoX1.5-I2V checkpoint gains the layers, initialised as PyTorch does (the original)
+  or, with ``--padaln_zero_init``, to zero so that training starts from the exact base model (see
+  `vidctrl.models.cogvideox.padaln.padaln_initializer`); a DynamiCtrl checkpoint restores them.
+- Validation (``--validation_prompt`` / ``--validation_images`` / ``--validation_driving_videos``,
+  each split by ``--validation_prompt_separator``, default ``:::``): CogVideoXDPMScheduler sampling
+  with classifier-free guidance on the text (the reference and the pose condition both branches),
+  as the DynamiCtrl pipeline. An odd latent frame count is padded at the front by one frame (the
+  pipeline's rule) and the padding dropped before decoding; the original pads the noise and the
+  reference but feeds a pose video 4 frames longer, misaligned by one latent frame, where vidctrl
+  duplicates the first pose latent into the padding slot. The reference latent is scaled as in
+  training (the pipeline skips ``scaling_factor`` when the VAE config sets ``invert_scale_latents``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vidctrl.config.fields import option
+from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
+from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+
+log = logging.getLogger(__name__)
+
+PRESET = "dynamictrl"
+TRAIN_MODE = "control_ref"
+OFS = 2.0  # DynamiCtrl's (and CogVideoX1.5-I2V's) constant "ofs" embedding input
+IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD = -3.0, 0.5
+DEFAULT_SEPARATOR = ":::"
+SIZE_BUCKETS = list(DYNAMICTRL_SIZE_BUCKETS)  # the original's --height_buckets / --width_buckets defaults
+
+
+@dataclass
+class DynamiCtrlOptions:
+    """Flags only DynamiCtrl honours."""
+
+    enable_control_pose: bool = option(
+        True, help="DynamiCtrl: condition on the pose video (required: its PadaLN blocks need the pose)"
+    )
+    pose_control_function: str = option(
+        "padaln", help="how the pose enters the model: padaln (the only one with released weights)"
+    )
+    id_token: str | None = option(None, help="token put (with a space) in front of every training caption")
+    noised_image_dropout: float = option(
+        0.05, help="probability of zeroing a sample's reference latent (image condition dropout)"
+    )
+    padaln_zero_init: bool = option(
+        False, help="when PadaLN layers are added to a CogVideoX1.5-I2V base, zero them so that training starts "
+        "from the base model's exact predictions (DynamiCtrl uses PyTorch's default initialisation)"
+    )
+    use_dynamic_cfg: bool = option(False, help="validation: cosine-scheduled guidance scale (CogVideoX's dynamic CFG)")
+    negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
+
+
+def latent_frames(frames: int, temporal_compression: int = 4) -> int:
+    """Latent frames of a ``4k + 1``-frame clip."""
+    return (frames - 1) // temporal_compression + 1
+
+
+def frame_count_problem(frames: int, patch_size_t: int = 2) -> str | None:
+    """Why CogVideoX 1.5 cannot train ``frames`` frames, or None: vidctrl trains ``4k + 1`` frames
+    and the latent frame count ``k + 1`` must be a multiple of ``patch_size_t``."""
+    if frames < 1 or (frames - 1) % 4:
+        return f"{frames} is not 4k + 1 (the VAE compresses 4 frames into one latent after the first)"
+    latents = latent_frames(frames)
+    if latents % patch_size_t:
+        lower, upper = frames - 4 * (latents % patch_size_t), frames + 4 * (patch_size_t - latents % patch_size_t)
+        options = " or ".join(str(f) for f in (lower, upper) if f >= 1)
+        return (f"{frames} frames give {latents} latent frames, which CogVideoX 1.5 (patch_size_t {patch_size_t}) "
+                f"cannot patch; use {options}")
+    return None
+
+
+def split_values(values: list[str] | None, separator: str) -> list[str]:
+    """Values of a repeatable validation flag, each also split on the separator (DynamiCtrl passes one
+    string holding several prompts / paths)."""
+    return [part for value in values or [] for part in value.split(separator)]
+
+
+class DynamiCtrl(ModelFamily):
+    """CogVideoX1.5-I2V + PadaLN: noisy (16) + reference (16) latents in, pose through PadaLN."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        PRESET: {
+            "train_mode": TRAIN_MODE,
+            "frame_sampling": "dynamictrl",
+            "height_buckets": SIZE_BUCKETS,
+            "width_buckets": SIZE_BUCKETS,
+            # The original's default (49) gives 13 latent frames, which CogVideoX 1.5 cannot patch.
+            "video_sample_n_frames": 53,
+            "adam_beta2": 0.95,
+            "adam_weight_decay": 1e-4,
+            "adam_epsilon": 1e-8,
+            "lr_warmup_steps": 500,
+            "validation_prompt_separator": DEFAULT_SEPARATOR,
+        }
+    }
+    options_class: ClassVar[type] = DynamiCtrlOptions
+    train_modes: ClassVar[tuple[str, ...]] = (TRAIN_MODE,)
+    frame_multiple: ClassVar[int] = 4
+    trainable_component: ClassVar[str] = "transformer"
+    lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+
+    def __init__(self, preset: str, options: DynamiCtrlOptions, *, train_mode: str, config: Any = None) -> None:
+        super().__init__(preset, options or DynamiCtrlOptions(), train_mode=train_mode, config=config)
+        self.components: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.padaln_added = False
+        self._rotary: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- configuration -----------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        from vidctrl.config.train import ConfigError
+
+        opts: DynamiCtrlOptions = config.family
+        mode = config.model.train_mode or TRAIN_MODE
+        if mode not in cls.train_modes:
+            raise ConfigError(f"--train_mode {mode}: DynamiCtrl trains in {TRAIN_MODE} (reference image + pose video)")
+        if not opts.enable_control_pose:
+            raise ConfigError(
+                "--enable_control_pose false: DynamiCtrl's blocks all carry PadaLN layers that need the pose video "
+                "(the original crashes without it); train CogVideoX image-to-video with a CogVideoX preset instead"
+            )
+        if opts.pose_control_function != "padaln":
+            raise ConfigError(
+                f"--pose_control_function {opts.pose_control_function}: vidctrl trains DynamiCtrl's padaln, the only "
+                "pose function with released weights (the original's cross_attention layers are never built and its "
+                "default expert_layer_norm has no implementation)"
+            )
+        if not 0.0 <= opts.noised_image_dropout <= 1.0:
+            raise ConfigError(f"--noised_image_dropout {opts.noised_image_dropout} is not a probability")
+        objective = config.objective
+        if objective.loss_type not in (None, "ddpm"):
+            raise ConfigError(f"--loss_type {objective.loss_type}: DynamiCtrl trains DDPM (v-prediction, x0 loss)")
+        if objective.weighting_scheme != "none" or objective.motion_sub_loss:
+            raise ConfigError(
+                "--weighting_scheme / --motion_sub_loss belong to flow-matching presets; DynamiCtrl weights its x0 "
+                "loss by 1 / (1 - alphabar_t)"
+            )
+        data = config.data
+        if data.frame_sampling not in (None, "dynamictrl"):
+            raise ConfigError(
+                f"--frame_sampling {data.frame_sampling}: DynamiCtrl trains on a contiguous window of its frame "
+                "buckets (--frame_sampling dynamictrl)"
+            )
+        for frames in data.frame_buckets or [data.video_sample_n_frames]:
+            problem = frame_count_problem(frames)
+            if problem:
+                flag = "--frame_buckets" if data.frame_buckets else "--max_num_frames"
+                raise ConfigError(f"{flag}: {problem}")
+        v = config.validation
+        if v.validation_frames is not None and frame_count_problem(v.validation_frames, patch_size_t=1):
+            raise ConfigError(f"--validation_frames: {frame_count_problem(v.validation_frames, patch_size_t=1)}")
+        if v.validation_steps or v.validation_epochs:
+            separator = v.validation_prompt_separator or DEFAULT_SEPARATOR
+            prompts = split_values(v.validation_prompts, separator)
+            images = split_values(v.validation_images, separator)
+            videos = split_values(v.validation_control_videos, separator)
+            if not prompts or len(images) != len(prompts) or len(videos) != len(prompts):
+                raise ConfigError(
+                    "DynamiCtrl validation needs one --validation_images reference and one --validation_driving_videos "
+                    f"pose video per --validation_prompt (split by {separator!r}); got {len(prompts)} prompts, "
+                    f"{len(images)} images, {len(videos)} driving videos"
+                )
+
+    @classmethod
+    def write_tiny(cls, out_dir: Path, preset: str, *, layout: str = "diffusers", seed: int = 0) -> Path:
+        return write_tiny_dynamictrl(out_dir, layout=layout, seed=seed)
+
+    # --- components --------------------------------------------------------------------------
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+        """Load every component; the transformer gains PadaLN layers when its checkpoint has none.
+
+        ``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer, a folder or a
+        file) is loaded strictly over the base folder's transformer, by the same rule.
+        """
+        from vidctrl.config.train import ConfigError
+        from vidctrl.models.cogvideox.components import (
+            WEIGHTS_STEM,
+            find_weights,
+            load_cogvideox_components,
+            load_transformer_weights,
+            widen_patch_embedding,
+        )
+        from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel, padaln_initializer
+        from vidctrl.models.loading import open_checkpoint
+
+        zero_init = self.options.padaln_zero_init
+        added: list[int] = []
+        self.components = load_cogvideox_components(
+            path, dtype=dtype, device=device, transformer_class=DynamiCtrlTransformer3DModel,
+            initialize_missing=padaln_initializer(zero_init=zero_init, on_added=added.append),
+        )
+        self.device, self.dtype = torch.device(device), dtype
+        transformer = self.components.transformer
+        model_config = getattr(self.config, "model", None)
+        source = path
+        if model_config is not None and model_config.transformer_path is not None:
+            source = Path(model_config.transformer_path)
+            if source.is_dir():
+                folder = source / "transformer" if (source / "transformer").is_dir() else source
+                files: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
+            else:
+                files = source
+            added = []
+            load_transformer_weights(transformer, open_checkpoint(files), dtype=dtype, device=device,
+                                     initialize_missing=padaln_initializer(zero_init=zero_init,
+                                                                           on_added=added.append))
+        self.padaln_added = bool(added)
+        if self.padaln_added:
+            log.info("%s: added %d PadaLN layers to the CogVideoX base (%s initialisation)", source, added[0],
+                     "zero" if zero_init else "PyTorch default")
+            if model_config is not None and model_config.use_lora:
+                raise ConfigError(
+                    f"{source} has no PadaLN layers: LoRA would leave the newly added ones at their initial values. "
+                    "Train fully first, or start LoRA from a DynamiCtrl checkpoint"
+                )
+        elif zero_init:
+            raise ConfigError(
+                f"{source} already has trained PadaLN layers (a DynamiCtrl checkpoint); --padaln_zero_init applies "
+                "only when they are added to a CogVideoX1.5-I2V base. Drop the flag."
+            )
+        if transformer.config.patch_size_t is None:
+            raise ConfigError(f"{path}: DynamiCtrl needs a CogVideoX 1.5 transformer (patch_size_t 2); this one is 1.0")
+        # A text-to-video base (16 input channels) takes the reference latent through zero-filled channels.
+        widen_patch_embedding(transformer, 2 * transformer.config.out_channels)
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False).eval()
+        vae = self.components.vae
+        if model_config is not None and model_config.enable_slicing:
+            vae.enable_slicing()
+        if model_config is not None and model_config.enable_tiling:
+            vae.enable_tiling()
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.components.transformer
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+
+    def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
+        from vidctrl.objectives.ddpm import DDPM
+        from vidctrl.objectives.timesteps import build_index_sampler
+
+        schedule = self.components.scheduler_config
+        sampler = build_index_sampler(num_indices=int(schedule.get("num_train_timesteps", 1000)),
+                                      uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size)
+        return DDPM.from_scheduler_config(schedule, scheduler_class="CogVideoXDPMScheduler", loss_style="x0",
+                                          sampler=sampler)
+
+    # --- encoding ----------------------------------------------------------------------------
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
+        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
+        return video.to(self.dtype) / 127.5 - 1.0
+
+    @torch.no_grad()
+    def vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled posterior samples ``(B, T, 16, h, w)`` of ``(B, 3, F, H, W)`` pixels in [-1, 1]."""
+        vae = self.components.vae
+        chunk = max(1, self.config.model.vae_mini_batch if self.config is not None else 1)
+        out = []
+        for part in video.split(chunk):
+            dist = vae.encode(part.to(vae.dtype)).latent_dist
+            noise = torch.randn(dist.mean.shape, generator=generator, device=generator.device).to(dist.mean.device)
+            latents = (dist.mean.float() + dist.std.float() * noise) * vae.config.scaling_factor
+            out.append(latents.permute(0, 2, 1, 3, 4))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """T5 embeddings ``(B, max_text_seq_length, 4096)``, padded, without an attention mask (as CogVideoX)."""
+        c = self.components
+        length = c.transformer.config.max_text_seq_length
+        tokens = c.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
+                             add_special_tokens=True, return_tensors="pt")
+        return c.text_encoder(tokens.input_ids.to(self.device))[0].float()
+
+    def caption(self, text: str) -> str:
+        token = self.options.id_token
+        return f"{token.strip()} {text}" if token else text
+
+    def _check_latent_frames(self, frames: int, what: str) -> None:
+        p_t = self.components.transformer.config.patch_size_t or 1
+        if frames % p_t:
+            raise ValueError(
+                f"{what} gives {frames} latent frames, not a multiple of patch_size_t {p_t}; choose frame buckets with "
+                "an even latent count (e.g. 37, 45, 53)"
+            )
+
+    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+        if "control" not in batch:
+            raise ValueError(f"DynamiCtrl trains on pose videos; batch {batch['media']} has none")
+        video = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
+        batch_size = video.shape[0]
+        # The reference is the clip's first frame with a little noise of random scale, as the original.
+        image = video[:, :, :1]
+        sigma = torch.exp(torch.normal(IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD, (batch_size,), generator=generator))
+        noise = torch.randn(image.shape, generator=generator, device=generator.device).to(image)
+        noisy_image = image + noise * sigma.to(image).view(-1, 1, 1, 1, 1)
+
+        image_latents = self.vae_encode(noisy_image, generator)  # (B, 1, 16, h, w)
+        latents = self.vae_encode(video, generator)  # (B, T, 16, h, w)
+        control = self.vae_encode(self._pixels(batch["control"]), generator)
+        frames = latents.shape[1]
+        self._check_latent_frames(frames, f"a {video.shape[2]}-frame clip ({batch['media'][0]})")
+        image_latents = torch.cat([image_latents, image_latents.new_zeros(batch_size, frames - 1,
+                                                                          *image_latents.shape[2:])], dim=1)
+        keep = torch.rand(batch_size, generator=generator) >= self.options.noised_image_dropout
+        image_latents = image_latents * keep.to(image_latents).view(-1, 1, 1, 1, 1)
+        text = self.encode_text([self.caption(c) for c in batch["caption"]])
+
+        config = self.components.transformer.config
+        p, p_t = config.patch_size, config.patch_size_t or 1
+        tokens = batch_size * (frames // p_t) * (latents.shape[-2] // p) * (latents.shape[-1] // p)
+        conditions = {"image_latents": image_latents, "control": control, "text": text}
+        return EncodedBatch(latents=latents, conditions=conditions, media=list(batch["media"]), tokens=tokens)
+
+    def rotary(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from vidctrl.models.cogvideox.components import rotary_embedding
+
+        key = (frames, height, width, str(self.device))
+        if key not in self._rotary:
+            table = rotary_embedding(self.components.transformer.config, latent_frames=frames, latent_height=height,
+                                     latent_width=width, device=self.device)
+            if table is None:
+                raise ValueError("DynamiCtrl's transformer uses rotary position embeddings; this config has none")
+            self._rotary[key] = table
+        return self._rotary[key]
+
+    def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+        c = encoded.conditions
+        _, frames, _, height, width = noisy.shape
+        hidden = torch.cat([noisy, c["image_latents"].to(noisy.dtype)], dim=2)
+        out = model(
+            hidden_states=hidden,
+            encoder_hidden_states=c["text"].to(noisy.dtype),
+            timestep=timesteps,
+            control_hidden_states=c["control"].to(noisy.dtype),
+            ofs=hidden.new_full((1,), OFS),
+            image_rotary_emb=self.rotary(frames, height, width),
+            return_dict=False,
+        )
+        return out[0]
+
+    # --- validation --------------------------------------------------------------------------
+    def validation_size(self, config: Any) -> tuple[int, int, int]:
+        """(height, width, frames) of validation videos: the validation flags, else --height/--width
+        (the original's), else the first size bucket; frames: the frame bucket a long video trains on
+        (the original generates 33 frames whatever it trains on)."""
+        from vidctrl.data.sampling import dynamictrl_frame_count
+
+        v, data = config.validation, config.data
+        height = v.validation_height or data.height or (data.height_buckets or SIZE_BUCKETS)[0]
+        width = v.validation_width or data.width or (data.width_buckets or SIZE_BUCKETS)[0]
+        n = data.video_sample_n_frames
+        frames = v.validation_frames or dynamictrl_frame_count(n, n, data.frame_buckets or [n])
+        return height, width, frames
+
+    def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
+        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+
+        v = config.validation
+        if not (v.validation_steps or v.validation_epochs):
+            return None
+        separator = v.validation_prompt_separator or DEFAULT_SEPARATOR
+        prompts = split_values(v.validation_prompts, separator)
+        images = split_values(v.validation_images, separator)
+        videos = split_values(v.validation_control_videos, separator)
+        height, width, frames = self.validation_size(config)
+        samples = []
+        for i, prompt in enumerate(prompts):
+            control, fps = load_control(videos[i], height, width, frames)
+            samples.append(ValidationSample(prompt=prompt, reference=load_reference(images[i], height, width),
+                                            control=control, name=f"sample-{i}", fps=fps))
+        return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
+                 steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
+        """CogVideoXDPMScheduler sampling as the DynamiCtrl pipeline, with text guidance."""
+        import math
+
+        from diffusers import CogVideoXDPMScheduler
+
+        if sample.reference is None or sample.control is None:
+            raise ValueError(f"validation sample {sample.name} needs a reference image and a driving video")
+        transformer = self.components.transformer
+        p_t = transformer.config.patch_size_t or 1
+        count = latent_frames(frames)
+        extra = (-count) % p_t  # padding frames at the front, dropped before decoding (the pipeline's rule)
+
+        reference = sample.reference[None, :, None].to(self.device, self.dtype) / 127.5 - 1.0  # (1, 3, 1, H, W)
+        image_latent = self.vae_encode(reference, generator)
+        image_latents = torch.cat([image_latent, image_latent.new_zeros(1, count - 1, *image_latent.shape[2:])], dim=1)
+        control = self.vae_encode(self._pixels(sample.control.permute(0, 2, 3, 1)[None]), generator)
+        if control.shape[1] != count:
+            raise ValueError(f"the driving video of {sample.name} gives {control.shape[1]} latent frames, not {count}")
+        if extra:
+            image_latents = torch.cat([image_latents[:, :extra], image_latents], dim=1)
+            control = torch.cat([control[:, :extra], control], dim=1)
+        text = self.encode_text([sample.prompt, self.options.negative_prompt])
+        guided = guidance_scale > 1.0
+
+        scheduler = CogVideoXDPMScheduler.from_config(self.components.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (1, count + extra, image_latents.shape[2], image_latents.shape[3], image_latents.shape[4])
+        latents = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+        latents = latents * scheduler.init_noise_sigma
+        rotary = self.rotary(shape[1], shape[3], shape[4])
+        old_pred = None
+        for i, t in enumerate(scheduler.timesteps):
+            hidden = torch.cat([latents, image_latents], dim=2).to(self.dtype)
+            batch = 2 if guided else 1
+            out = model(
+                hidden_states=hidden.expand(batch, -1, -1, -1, -1),
+                encoder_hidden_states=(text if guided else text[:1]).to(self.dtype),
+                timestep=t.expand(batch),
+                control_hidden_states=control.to(self.dtype).expand(batch, -1, -1, -1, -1),
+                ofs=hidden.new_full((1,), OFS),
+                image_rotary_emb=rotary,
+                return_dict=False,
+            )[0].float()
+            if guided:
+                scale = guidance_scale
+                if self.options.use_dynamic_cfg:
+                    scale = 1 + guidance_scale * (1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2
+                cond, uncond = out.chunk(2)
+                out = uncond + scale * (cond - uncond)
+            previous = scheduler.timesteps[i - 1] if i > 0 else None
+            latents, old_pred = scheduler.step(out, old_pred, t, previous, latents, generator=generator,
+                                               return_dict=False)
+        return self.decode(latents[:, extra:])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8 (the VAE gives 4(T - 1) + 1 frames for odd T,
+        4T for even T)."""
+        vae = self.components.vae
+        video = vae.decode((latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(vae.dtype)).sample
+        video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 0, 2, 3).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny model (for `vidctrl model tiny --preset dynamictrl`)
+# --------------------------------------------------------------------------------------------
+
+
+def write_tiny_dynamictrl(out_dir: str | Path, *, layout: str = "diffusers", seed: int = 0,
+                          with_padaln: bool = True) -> Path:
+    """A tiny random DynamiCtrl model (``with_padaln=False``: a CogVideoX1.5-I2V base) in the release's
+    folder layout, ``transformer/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``, built by
+    `vidctrl.models.cogvideox.tiny.write_tiny_cogvideox` (variant 1.5, 32 input channels).
+
+    DynamiCtrl's release is a diffusers-style folder whose transformer config names the original class
+    (``DynamiCtrlTransformerModel``); ``layout="original"`` writes those class names, ``"diffusers"``
+    vidctrl's. The weights and keys are the same.
+    """
+    import json
+
+    from diffusers import CogVideoXTransformer3DModel
+
+    from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
+    from vidctrl.models.cogvideox.tiny import write_tiny_cogvideox
+
+    if layout not in ("diffusers", "original"):
+        raise ValueError(f"layout must be 'diffusers' or 'original', not {layout!r}")
+    transformer_class = DynamiCtrlTransformer3DModel if with_padaln else CogVideoXTransformer3DModel
+    out = write_tiny_cogvideox(out_dir, variant="1.5", in_channels=32, seed=seed, transformer_class=transformer_class)
+    if not with_padaln:
+        pipeline, transformer_entry = "CogVideoXImageToVideoPipeline", ["diffusers", "CogVideoXTransformer3DModel"]
+    elif layout == "original":
+        pipeline, transformer_entry = "DynamiCtrlAnimationPipeline", ["dynamictrl", "DynamiCtrlTransformerModel"]
+        config_file = out / "transformer" / "config.json"
+        config = {**json.loads(config_file.read_text()), "_class_name": "DynamiCtrlTransformerModel"}
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
+    else:
+        pipeline = "DynamiCtrlAnimationPipeline"
+        transformer_entry = ["vidctrl.models.cogvideox.padaln", "DynamiCtrlTransformer3DModel"]
+    index_file = out / "model_index.json"
+    model_index = {**json.loads(index_file.read_text()), "_class_name": pipeline, "_vidctrl_preset": PRESET,
+                   "transformer": transformer_entry}
+    index_file.write_text(json.dumps(model_index, indent=2) + "\n")
+    return out
