@@ -175,7 +175,7 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
         systems = sorted({NOT_YET_SUPPORTED[name] for name in unsupported})
         raise ConfigError(
             f"{', '.join('--' + n for n in unsupported)}: flags of {', '.join(systems)}, which this version of vidctrl "
-            "does not train yet; no Wan2.1-Fun preset can honour them"
+            "does not train yet"
         )
     owners = _field_owner()
     typed = {k: v for k, v in vars(namespace).items() if k in owners}
