@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vidctrl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from vidctrl.commands import cache as cache_command
     from vidctrl.commands import data as data_commands
     from vidctrl.commands import demo as demo_command
     from vidctrl.commands import export as export_commands
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidctrl.commands import train as train_command
 
     train_command.register(commands)
+    cache_command.register(commands)
     data_commands.register(commands)
     model_commands.register(commands)
     demo_command.register(commands)

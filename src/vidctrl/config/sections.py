@@ -43,6 +43,14 @@ class ModelConfig:
     vae_mini_batch: int = option(1, help="videos encoded by the VAE at a time")
     enable_slicing: bool = option(False, help="VAE slicing (decode batch elements one at a time)")
     enable_tiling: bool = option(False, help="VAE tiling (encode/decode in spatial tiles)")
+    load_tensors: bool = option(
+        False, help="train on the latents and text embeddings `vidctrl cache` wrote (same flags) instead of "
+        "encoding every step; the VAE and the text/image encoders are not loaded"
+    )
+    cache_dir: Path | None = option(
+        None, help="where `vidctrl cache` writes and --load_tensors reads the latent cache (default: "
+        "OUTPUT_DIR/cache)"
+    )
     # LoRA: an alternative to full fine-tuning (peft)
     use_lora: bool = option(False, help="train LoRA adapters instead of the full model")
     rank: int = option(64, help="LoRA rank", flags=["--lora_rank"])

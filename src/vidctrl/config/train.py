@@ -61,7 +61,6 @@ class TrainConfig:
 # Seed flags of systems whose families are not in this version yet: parsed, so that the error
 # says which system they belong to instead of argparse's "unrecognized arguments".
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "load_tensors": "DynamiCtrl / CogVideoX latent caching",
     "controlnet_model_name_or_path": "ControlNeXt-SVD",
     "unet_model_name_or_path": "ControlNeXt-SVD",
 }

@@ -110,6 +110,7 @@ class ClipDataset(Dataset):
                                                                    record.width, record.height))
         sample: dict[str, Any] = {
             "index": request.index,
+            "seed": request.seed,  # for the family's draws made before encoding (a cache fixes them)
             "media": record.media,
             "caption": record.caption or "",
             "frame_indices": torch.from_numpy(indices.copy()),
@@ -229,8 +230,10 @@ def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, An
     }
     if not loaded:
         return batch
-    for key in ("index", "media", "caption"):
-        batch[key] = [s[key] for s in loaded]
+    # "encoded": a cached sample's deterministic encoding (`vidctrl.cache`), one dict per sample.
+    for key in ("index", "seed", "media", "caption", "encoded"):
+        if key in loaded[0]:
+            batch[key] = [s[key] for s in loaded]
     for key in ("pixels", "control", "reference", "camera", "frame_indices", "hand_boxes", "hand_scores"):
         present = [s[key] for s in loaded if key in s]
         if not present:

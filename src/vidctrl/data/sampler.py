@@ -95,9 +95,7 @@ class BucketBatchSampler:
         """The global batches of `epoch` as (bucket key, record indices) pairs, identical on all ranks."""
         if self._schedule_cache is not None and self._schedule_cache[0] == epoch:
             return self._schedule_cache[1]
-        order = self.order
-        if self.shuffle:
-            order = order[np.random.default_rng(_mix(self.seed, epoch, 0x5EED)).permutation(len(order))]
+        order = self.epoch_order(epoch)
         keys = self.keys[order]
         size = self.global_batch_size
         batches: list[tuple[int, np.ndarray]] = []
@@ -113,6 +111,12 @@ class BucketBatchSampler:
         self._schedule_cache = (epoch, batches)
         return batches
 
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The record indices of `epoch` in the order they stream into buckets."""
+        if not self.shuffle:
+            return self.order
+        return self.order[np.random.default_rng(_mix(self.seed, epoch, 0x5EED)).permutation(len(self.order))]
+
     def __len__(self) -> int:
         return len(self.schedule(self.epoch))
 
@@ -121,17 +125,20 @@ class BucketBatchSampler:
             self.epoch = epoch
             self.position = 0
 
-    def requests(self, epoch: int, step: int) -> list[ClipRequest]:
-        """This rank's requests for global batch `step` of `epoch`."""
+    def global_requests(self, epoch: int, step: int) -> list[ClipRequest]:
+        """Every rank's requests for global batch `step` of `epoch`, rank 0's first."""
         key, members = self.schedule(epoch)[step]
         rng = np.random.default_rng(_mix(self.seed, epoch, step, 0xBA7C))
         shape = self.shaper.batch_shape(key, members, rng)
-        mine = members[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        offset = step * self.global_batch_size + self.rank * self.batch_size
+        offset = step * self.global_batch_size
         return [
             ClipRequest(int(index), shape.height, shape.width, shape.frames, _mix(self.seed, epoch, offset + i))
-            for i, index in enumerate(mine)
+            for i, index in enumerate(members)
         ]
+
+    def requests(self, epoch: int, step: int) -> list[ClipRequest]:
+        """This rank's requests for global batch `step` of `epoch`."""
+        return self.global_requests(epoch, step)[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[list[ClipRequest]]:
         epoch, start = self.epoch, self.position

@@ -5,17 +5,28 @@ from a local folder, how to turn a batch of pixels into latents and conditions, 
 denoiser for a train mode, how to sample a validation video, and how to save the trained part.
 The loop (`vidctrl.train.loop`) calls these and never asks which family it runs. Objectives
 (flow, ddpm, ...) and control adapters are separate pieces a family composes.
+
+Encoding has two halves, so that a latent cache (`vidctrl cache`, `--load_tensors`) and on-the-fly
+encoding run the same random code: `encode_deterministic` turns one batch into per-sample tensors
+that depend only on the sample (what the frozen encoders compute: posterior mean and std, control
+and reference latents, CLIP features, text embeddings), and `encode_from` makes the per-step random
+draws on them (posterior samples, condition dropout). Draws that must happen before an encoder
+(which clip frame is the reference, an inpaint mask, noise added to pixels) are fixed per sample by
+the sample's own seed (`fixed_draw_generators`), so a cache can store their result.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from vidctrl.train.rng import derive_seed
 
 
 @dataclass
@@ -61,6 +72,35 @@ class ValidationSample:
     fps: float = 16.0
 
 
+def fixed_draw_generators(batch: dict[str, Any]) -> list[torch.Generator]:
+    """One generator per sample for the draws made before an encoder runs (reference frame, inpaint
+    mask, pixel noise), seeded by the sample's seed from the batch sampler (`batch["seed"]`).
+
+    The sampler derives that seed from (seed, epoch, position in the global batch), so the draws
+    differ from epoch to epoch as before, and a cache written for epoch 0 holds exactly what an
+    uncached run of epoch 0 encodes.
+    """
+    generators = []
+    for seed in batch["seed"]:
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(int(seed), 0, "fixed-draws"))
+        generators.append(generator)
+    return generators
+
+
+def stack_samples(samples: list[dict[str, torch.Tensor]], key: str, device: torch.device | str) -> torch.Tensor:
+    """The samples' tensors under `key`, stacked into a batch on `device`."""
+    return torch.stack([sample[key] for sample in samples]).to(device, non_blocking=True)
+
+
+def posterior_sample(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``mean + std * noise`` in float32 with noise from `generator`, drawn one sample at a time (as
+    the VAE's mini-batches of one drew it), so a sample's draws do not depend on its batch."""
+    noise = torch.cat([torch.randn(mean[i : i + 1].shape, generator=generator, device=generator.device)
+                       for i in range(mean.shape[0])])
+    return mean.float() + std.float() * noise.to(mean.device)
+
+
 class ModelFamily(ABC):
     """One backbone and the ways it can be trained. Subclasses say only what differs."""
 
@@ -74,6 +114,8 @@ class ModelFamily(ABC):
     frame_multiple: ClassVar[int] = 4
     #: name of the trainable component (its diffusers subfolder in checkpoints)
     trainable_component: ClassVar[str] = "transformer"
+    #: family options that change what `encode_deterministic` computes (part of a cache's fingerprint)
+    cache_options: ClassVar[tuple[str, ...]] = ()
 
     # --- configuration ---------------------------------------------------------------------
     @classmethod
@@ -107,11 +149,28 @@ class ModelFamily(ABC):
         self.options = options
         self.train_mode = train_mode
         self.config = config
+        self._constants: dict[str, torch.Tensor] | None = None
 
     # --- components ------------------------------------------------------------------------
     @abstractmethod
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
-        """Load every component from a local folder (frozen encoders in `dtype` on `device`)."""
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
+        """Load every component from a local folder (frozen encoders in `dtype` on `device`).
+        `encoders=False` (training from a latent cache) leaves out the VAE and the text and image
+        encoders; `encode_from` and the denoiser then work from cached tensors and constants."""
+
+    def encoder_files(self, path: Path) -> list[Path]:
+        """The files that decide what `encode_deterministic` computes, for a cache's fingerprint: by
+        default every file of the model folder except the trainable component's weights."""
+        root = Path(path)
+        component = root / self.trainable_component
+        files = []
+        for file in sorted(root.rglob("*")):
+            if not file.is_file() or file.name.startswith("."):
+                continue
+            if component in file.parents and file.name != "config.json":
+                continue
+            files.append(file)
+        return files
 
     @property
     @abstractmethod
@@ -128,10 +187,46 @@ class ModelFamily(ABC):
             module.to(device)
 
     # --- training --------------------------------------------------------------------------
-    @abstractmethod
     def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
-        """Pixels, controls and captions to latents and conditions (no gradients). `generator`
-        is this rank's stream for condition dropout and reference choice."""
+        """Pixels, controls and captions to latents and conditions (no gradients): the two halves
+        below. A batch read from a latent cache carries its deterministic half as `batch["encoded"]`.
+        `generator` is the sample's stream for posterior samples and condition dropout."""
+        samples = batch.get("encoded")
+        if samples is None:
+            if "seed" not in batch:
+                # A batch built by hand (tests, tools) has no sampler seeds: fix the draws from the stream.
+                size = len(batch["media"])
+                batch = {**batch, "seed": torch.randint(0, 2**62, (size,), generator=generator).tolist()}
+            samples = self.encode_deterministic(batch)
+        return self.encode_from(samples, generator=generator, media=batch["media"])
+
+    @abstractmethod
+    def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """The frozen encoders' outputs for each sample of `batch`, one dict per sample, tensors without
+        a batch dimension and in the encoders' dtype (a cache stores them as they are). They depend
+        only on the sample: its pixels, controls, caption and seed (`fixed_draw_generators`)."""
+
+    @abstractmethod
+    def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
+                    media: Sequence[str] = ()) -> EncodedBatch:
+        """The batch the denoiser trains on, from `encode_deterministic`'s samples (computed now or
+        read from a cache) and `constants`: posterior samples, condition dropout and every other
+        per-step draw, from `generator`. Uses no encoder."""
+
+    def encode_constants(self) -> dict[str, torch.Tensor]:
+        """Tensors `encode_from` needs besides the samples, computed once per run from the encoders
+        (the empty prompt's embedding for text dropout, the VAE's latent normalisation)."""
+        return {}
+
+    @property
+    def constants(self) -> dict[str, torch.Tensor]:
+        """`encode_constants`, computed on first use, or as given to `use_constants` (a cache's)."""
+        if self._constants is None:
+            self._constants = self.encode_constants()
+        return self._constants
+
+    def use_constants(self, constants: dict[str, torch.Tensor]) -> None:
+        self._constants = dict(constants)
 
     @abstractmethod
     def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,

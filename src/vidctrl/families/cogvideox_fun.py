@@ -9,7 +9,9 @@ released configs in shared/reference/checkpoints/CogVideoX-Fun-V1.1-*):
 - Latents are ``vae.encode(x).latent_dist.sample() * scaling_factor`` (0.7 for 5B, 1.15258426 for 2B);
   control latents the same. The inpaint condition is ``cat([latent keep mask, masked-video latents])``
   times ``scaling_factor`` (the mask channel too), zeroed for 90% of fully masked samples
-  (text-to-video is the fully masked case). Masks: `vidctrl.models.cogvideox.inpaint`.
+  (text-to-video is the fully masked case). Masks: `vidctrl.models.cogvideox.inpaint`; a sample's
+  mask and kept-pixel noise come from its own seed (`fixed_draw_generators`), so that `vidctrl cache`
+  can store the masked video's posterior.
 - Text: T5 tokens padded to 226 (``--tokenizer_max_length``), no attention mask, ``[0]`` of the encoder.
   VideoX-Fun's dataset drops the caption with probability 0.1 (``text_drop_ratio``; CogVideoX-Fun's
   dataset default is -1, never).
@@ -32,6 +34,7 @@ released configs in shared/reference/checkpoints/CogVideoX-Fun-V1.1-*):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -40,7 +43,14 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+from vidctrl.families.base import (
+    EncodedBatch,
+    ModelFamily,
+    ValidationSample,
+    fixed_draw_generators,
+    posterior_sample,
+    stack_samples,
+)
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
@@ -124,6 +134,8 @@ class CogVideoXFun(ModelFamily):
     train_modes: ClassVar[tuple[str, ...]] = TRAIN_MODES
     frame_multiple: ClassVar[int] = 4
     trainable_component: ClassVar[str] = "transformer"
+    cache_options: ClassVar[tuple[str, ...]] = ("tokenizer_max_length", "inpaint_mask_distribution",
+                                                "add_noise_in_inpaint_model")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, preset: str, options: CogVideoXFunOptions, *, train_mode: str, config: Any = None) -> None:
@@ -172,15 +184,23 @@ class CogVideoXFun(ModelFamily):
         return write_tiny_cogvideox(out_dir, preset, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
-        from vidctrl.models.cogvideox.components import load_cogvideox_components, widen_patch_embedding
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
+        from vidctrl.models.cogvideox.components import (
+            ALL_PARTS,
+            load_cogvideox_components,
+            read_json,
+            widen_patch_embedding,
+        )
 
-        self.components = load_cogvideox_components(path, dtype=dtype, device=device)
+        parts = ALL_PARTS if encoders else ("transformer", "scheduler")
+        self.components = load_cogvideox_components(path, parts=parts, dtype=dtype, device=device)
         self.device, self.dtype = torch.device(device), dtype
         for module in self.frozen_modules().values():
             module.requires_grad_(False).eval()
         transformer = self.components.transformer
-        latent = self.components.vae.config.latent_channels
+        vae = self.components.vae
+        latent = vae.config.latent_channels if vae is not None else read_json(Path(path) / "vae" / "config.json")[
+            "latent_channels"]
         needed = {"inpaint": 2 * latent + 1, "control": 2 * latent, "normal": latent}[self.train_mode]
         base = transformer.config.in_channels
         if base not in (needed, latent):
@@ -199,10 +219,9 @@ class CogVideoXFun(ModelFamily):
         model_config = getattr(self.config, "model", None)
         if model_config is not None and model_config.transformer_path is not None:
             self._load_transformer_path(Path(model_config.transformer_path))
-        vae = self.components.vae
-        if model_config is not None and model_config.enable_slicing:
+        if vae is not None and model_config is not None and model_config.enable_slicing:
             vae.enable_slicing()
-        if model_config is not None and model_config.enable_tiling:
+        if vae is not None and model_config is not None and model_config.enable_tiling:
             vae.enable_tiling()
 
     def _load_transformer_path(self, path: Path) -> None:
@@ -223,7 +242,8 @@ class CogVideoXFun(ModelFamily):
         return self.components.transformer
 
     def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+        return {name: module for name, module in modules.items() if module is not None}
 
     # --- objective ---------------------------------------------------------------------------
     def prediction_type(self) -> str:
@@ -270,81 +290,153 @@ class CogVideoXFun(ModelFamily):
         return max(frames - extra * 4, 1)
 
     @torch.no_grad()
-    def vae_encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Scaled latents (B, 16, T, h, w) float32: sampled with `generator` (training), else the mean."""
+    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std (B, 16, T, h, w), unscaled, in the VAE's dtype."""
         vae = self.components.vae
         chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        out = []
+        means, stds = [], []
         for part in video.split(chunk):
             dist = vae.encode(part.to(vae.dtype)).latent_dist
-            latents = dist.mean.float()
-            if generator is not None:
-                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-                latents = latents + dist.std.float() * noise
-            out.append(latents)
-        return torch.cat(out) * vae.config.scaling_factor
+            means.append(dist.mean)
+            stds.append(dist.std)
+        return torch.cat(means), torch.cat(stds)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.constants["scaling_factor"])
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled posterior samples (B, 16, T, h, w) float32 of `vae_moments`' output."""
+        return posterior_sample(mean, std, generator) * self.scaling_factor
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings (B, 226, 4096): padded to the maximum length, no attention mask (as CogVideoX)."""
+    def vae_encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled latents (B, 16, T, h, w) float32: sampled with `generator` (training), else the mean."""
+        mean, std = self.vae_moments(video)
+        if generator is None:
+            return mean.float() * self.scaling_factor
+        return self.sample_latents(mean, std, generator)
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        """T5 embeddings (B, 226, 4096) in the encoder's dtype: padded to the maximum length, no attention
+        mask (as CogVideoX), so the padding positions carry values too."""
         c = self.components
         tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
                              truncation=True, add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0].float()
+        return c.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """`text_embeddings` in float32."""
+        return self.text_embeddings(captions).float()
 
     def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from this rank's condition stream (True = drop)."""
+        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
         return torch.rand(size, generator=generator) < probability
 
-    def inpaint_condition(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
-                          generator: torch.Generator) -> torch.Tensor:
-        """(B, 17, T, h, w): the latent keep mask and the masked video's latents, scaled; random masks."""
-        from vidctrl.models.cogvideox.inpaint import (
-            T2V_ZERO_PROBABILITY,
-            draw_inpaint_mask,
-            latent_mask,
-            noise_kept_pixels,
-        )
+    @torch.no_grad()
+    def inpaint_inputs(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
+                       generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
+        """What the inpaint condition needs from the encoder, per sample (batched): a random mask drawn
+        from the sample's generator, the latent keep mask (B, 1, T, h, w) unscaled, the masked video's
+        posterior mean and std, and whether the whole clip is masked (text-to-video)."""
+        from vidctrl.models.cogvideox.inpaint import draw_inpaint_mask, latent_mask, noise_kept_pixels
 
-        batch, _, frames, height, width = pixels.shape
-        masks = torch.stack([
-            draw_inpaint_mask(frames, height, width, generator, self.options.inpaint_mask_distribution)[0]
-            for _ in range(batch)
-        ]).permute(0, 2, 1, 3, 4).to(self.device, torch.float32)  # (B, 1, F, H, W), 1 = generate
-        fully_masked = masks.flatten(1).min(dim=1).values == 1
-        zeroed = fully_masked & (torch.rand(batch, generator=generator) < T2V_ZERO_PROBABILITY).to(self.device)
-        masked_video = pixels * (1 - masks.to(pixels.dtype)) - masks.to(pixels.dtype)
-        if self.add_noise_in_inpaint_model:
-            masked_video = noise_kept_pixels(masked_video, generator)
-        masked_latents = self.vae_encode(masked_video, generator)
-        keep = latent_mask(1 - masks.float(), latent_size) * self.components.vae.config.scaling_factor
+        _, _, frames, height, width = pixels.shape
+        masks, masked = [], []
+        for video, generator in zip(pixels, generators, strict=True):
+            mask = draw_inpaint_mask(frames, height, width, generator, self.options.inpaint_mask_distribution)[0]
+            mask = mask.permute(1, 0, 2, 3)[None].to(self.device, torch.float32)  # (1, 1, F, H, W), 1 = generate
+            masked_video = video[None] * (1 - mask.to(video.dtype)) - mask.to(video.dtype)
+            if self.add_noise_in_inpaint_model:
+                masked_video = noise_kept_pixels(masked_video, generator)
+            masks.append(mask)
+            masked.append(masked_video)
+        mask = torch.cat(masks)
+        mean, std = self.vae_moments(torch.cat(masked))
+        return {
+            "inpaint_keep": latent_mask(1 - mask, latent_size),
+            "masked_mean": mean,
+            "masked_std": std,
+            "fully_masked": mask.flatten(1).min(dim=1).values == 1,
+        }
+
+    def inpaint_from(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """(B, 17, T, h, w): the keep mask and a posterior sample of the masked video's latents, scaled,
+        zeroed for 90% of fully masked samples (`T2V_ZERO_PROBABILITY`)."""
+        from vidctrl.models.cogvideox import inpaint
+
+        fully_masked = inputs["fully_masked"].to(self.device)
+        zeroed = fully_masked & (torch.rand(len(fully_masked), generator=generator) < inpaint.T2V_ZERO_PROBABILITY
+                                 ).to(self.device)
+        masked_latents = self.sample_latents(inputs["masked_mean"], inputs["masked_std"], generator)
+        keep = inputs["inpaint_keep"].float() * self.scaling_factor
         condition = torch.cat([keep, masked_latents], dim=1)
         return condition * (~zeroed).to(condition).view(-1, 1, 1, 1, 1)
 
-    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+    def inpaint_condition(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
+                          generator: torch.Generator) -> torch.Tensor:
+        """`inpaint_inputs` then `inpaint_from`, all draws from `generator` (masks and kept-pixel noise
+        first, then the text-to-video zeroing and the posterior sample)."""
+        inputs = self.inpaint_inputs(pixels, latent_size, [generator] * pixels.shape[0])
+        return self.inpaint_from(inputs, generator)
+
+    def encode_constants(self) -> dict[str, torch.Tensor]:
+        return {
+            "scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64),
+            "empty_text": self.text_embeddings([""])[0].cpu(),
+        }
+
+    @torch.no_grad()
+    def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: the target's posterior mean and std; inpaint: a mask (the sample's fixed draw)
+        and the masked video's posterior; control: the control's posterior; the caption's T5 embedding."""
         pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
         frames = self.usable_frames(pixels.shape[2])
         pixels = pixels[:, :, :frames]
         batch_size = pixels.shape[0]
-        latents = self.vae_encode(pixels, generator)  # (B, 16, T, h, w)
-        latent_size = tuple(latents.shape[2:])
-        conditions: dict[str, Any] = {}
+        mean, std = self.vae_moments(pixels)
+        samples: list[dict[str, torch.Tensor]] = [{"latent_mean": mean[i], "latent_std": std[i]}
+                                                  for i in range(batch_size)]
         if self.train_mode == "inpaint":
-            inpaint = self.inpaint_condition(pixels, latent_size, generator)  # type: ignore[arg-type]
-            conditions["inpaint"] = inpaint.permute(0, 2, 1, 3, 4)
+            inputs = self.inpaint_inputs(pixels, tuple(mean.shape[2:]), fixed_draw_generators(batch))  # type: ignore[arg-type]
+            for i, sample in enumerate(samples):
+                sample.update({key: value[i] for key, value in inputs.items()})
         elif self.train_mode == "control":
             if "control" not in batch:
                 raise ValueError(f"train mode control needs control videos; batch {batch['media']} has none")
-            control = self.vae_encode(self._pixels(batch["control"])[:, :, :frames], generator)
+            control_mean, control_std = self.vae_moments(self._pixels(batch["control"])[:, :, :frames])
+            for i, sample in enumerate(samples):
+                sample.update(control_mean=control_mean[i], control_std=control_std[i])
+        for sample, text in zip(samples, self.text_embeddings(list(batch["caption"])), strict=True):
+            sample["text"] = text
+        return samples
+
+    def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
+                    media: Sequence[str] = ()) -> EncodedBatch:
+        batch_size = len(samples)
+
+        def stacked(key: str) -> torch.Tensor:
+            return stack_samples(samples, key, self.device)
+
+        latents = self.sample_latents(stacked("latent_mean"), stacked("latent_std"), generator)  # (B, 16, T, h, w)
+        conditions: dict[str, Any] = {}
+        if self.train_mode == "inpaint":
+            keys = ("inpaint_keep", "masked_mean", "masked_std", "fully_masked")
+            conditions["inpaint"] = self.inpaint_from({k: stacked(k) for k in keys}, generator).permute(0, 2, 1, 3, 4)
+        elif self.train_mode == "control":
+            control = self.sample_latents(stacked("control_mean"), stacked("control_std"), generator)
             conditions["control"] = control.permute(0, 2, 1, 3, 4)
         dropped = self._draw(self.options.text_dropout, batch_size, generator)
-        captions = ["" if drop else caption for drop, caption in zip(dropped.tolist(), batch["caption"], strict=True)]
-        conditions["text"] = self.encode_text(captions)
-        t, h, w = latent_size
+        empty = self.constants["empty_text"]
+        conditions["text"] = torch.stack([(empty if drop else sample["text"]).to(self.device) for drop, sample
+                                          in zip(dropped.tolist(), samples, strict=True)]).float()
+        t, h, w = latents.shape[2:]
         p, p_t = self.components.transformer.config.patch_size, self.components.transformer.config.patch_size_t
         tokens = batch_size * (t // (p_t or 1)) * (h // p) * (w // p)
-        return EncodedBatch(latents=latents.permute(0, 2, 1, 3, 4), conditions=conditions,
-                            media=list(batch["media"]), tokens=tokens)
+        return EncodedBatch(latents=latents.permute(0, 2, 1, 3, 4), conditions=conditions, media=list(media),
+                            tokens=tokens)
 
     def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
                 timesteps: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,10 @@ What the original does (gulucaptain/DynamiCtrl ``scripts/dynamictrl_sft_finetune
 - Reference: the clip's first frame plus Gaussian noise of scale ``exp(N(-3, 0.5))`` per sample (in
   [-1, 1] pixels), VAE-encoded, followed by zero latents for the remaining frames; the whole
   reference latent is zeroed with probability ``--noised_image_dropout`` (0.05). The original draws
-  that once per batch with Python's ``random``; vidctrl draws per sample from the rank's condition
-  stream (the same with batch size 1).
+  that once per batch with Python's ``random``; vidctrl draws per sample from the sample's condition
+  stream (the same with batch size 1). The pixel noise comes from the sample's own seed
+  (`fixed_draw_generators`), so `vidctrl cache` can store the noisy reference's posterior; the
+  original's ``--load_tensors`` caches the clean frame instead and cannot cache the pose.
 - Latents of the video, the noisy reference and the pose are posterior *samples* times the VAE's
   ``scaling_factor`` (``(B, F, 16, h, w)``); captions get ``--id_token`` and a space in front and are
   encoded by T5 to ``max_text_seq_length`` (226) tokens without an attention mask.
@@ -36,6 +38,7 @@ What the original does (gulucaptain/DynamiCtrl ``scripts/dynamictrl_sft_finetune
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,7 +48,14 @@ from torch import nn
 
 from vidctrl.config.fields import option
 from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
-from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+from vidctrl.families.base import (
+    EncodedBatch,
+    ModelFamily,
+    ValidationSample,
+    fixed_draw_generators,
+    posterior_sample,
+    stack_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +136,7 @@ class DynamiCtrl(ModelFamily):
     train_modes: ClassVar[tuple[str, ...]] = (TRAIN_MODE,)
     frame_multiple: ClassVar[int] = 4
     trainable_component: ClassVar[str] = "transformer"
+    cache_options: ClassVar[tuple[str, ...]] = ("id_token",)
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
     def __init__(self, preset: str, options: DynamiCtrlOptions, *, train_mode: str, config: Any = None) -> None:
@@ -197,7 +208,7 @@ class DynamiCtrl(ModelFamily):
         return write_tiny_dynamictrl(out_dir, layout=layout, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
         """Load every component; the transformer gains PadaLN layers when its checkpoint has none.
 
         ``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer, a folder or a
@@ -205,6 +216,7 @@ class DynamiCtrl(ModelFamily):
         """
         from vidctrl.config.train import ConfigError
         from vidctrl.models.cogvideox.components import (
+            ALL_PARTS,
             WEIGHTS_STEM,
             find_weights,
             load_cogvideox_components,
@@ -217,7 +229,8 @@ class DynamiCtrl(ModelFamily):
         zero_init = self.options.padaln_zero_init
         added: list[int] = []
         self.components = load_cogvideox_components(
-            path, dtype=dtype, device=device, transformer_class=DynamiCtrlTransformer3DModel,
+            path, parts=ALL_PARTS if encoders else ("transformer", "scheduler"), dtype=dtype, device=device,
+            transformer_class=DynamiCtrlTransformer3DModel,
             initialize_missing=padaln_initializer(zero_init=zero_init, on_added=added.append),
         )
         self.device, self.dtype = torch.device(device), dtype
@@ -256,9 +269,9 @@ class DynamiCtrl(ModelFamily):
         for module in self.frozen_modules().values():
             module.requires_grad_(False).eval()
         vae = self.components.vae
-        if model_config is not None and model_config.enable_slicing:
+        if vae is not None and model_config is not None and model_config.enable_slicing:
             vae.enable_slicing()
-        if model_config is not None and model_config.enable_tiling:
+        if vae is not None and model_config is not None and model_config.enable_tiling:
             vae.enable_tiling()
 
     @property
@@ -266,7 +279,8 @@ class DynamiCtrl(ModelFamily):
         return self.components.transformer
 
     def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
+        return {name: module for name, module in modules.items() if module is not None}
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
         from vidctrl.objectives.ddpm import DDPM
@@ -285,26 +299,42 @@ class DynamiCtrl(ModelFamily):
         return video.to(self.dtype) / 127.5 - 1.0
 
     @torch.no_grad()
-    def vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Scaled posterior samples ``(B, T, 16, h, w)`` of ``(B, 3, F, H, W)`` pixels in [-1, 1]."""
+    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unscaled, in the
+        VAE's dtype."""
         vae = self.components.vae
         chunk = max(1, self.config.model.vae_mini_batch if self.config is not None else 1)
-        out = []
+        means, stds = [], []
         for part in video.split(chunk):
             dist = vae.encode(part.to(vae.dtype)).latent_dist
-            noise = torch.randn(dist.mean.shape, generator=generator, device=generator.device).to(dist.mean.device)
-            latents = (dist.mean.float() + dist.std.float() * noise) * vae.config.scaling_factor
-            out.append(latents.permute(0, 2, 1, 3, 4))
-        return torch.cat(out)
+            means.append(dist.mean)
+            stds.append(dist.std)
+        return torch.cat(means), torch.cat(stds)
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled posterior samples ``(B, T, 16, h, w)`` of `vae_moments`' output."""
+        scale = float(self.constants["scaling_factor"])
+        return (posterior_sample(mean, std, generator) * scale).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings ``(B, max_text_seq_length, 4096)``, padded, without an attention mask (as CogVideoX)."""
+    def vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled posterior samples ``(B, T, 16, h, w)`` of ``(B, 3, F, H, W)`` pixels in [-1, 1]."""
+        return self.sample_latents(*self.vae_moments(video), generator)
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        """T5 embeddings ``(B, max_text_seq_length, 4096)`` in the encoder's dtype, padded, without an
+        attention mask (as CogVideoX)."""
         c = self.components
         length = c.transformer.config.max_text_seq_length
         tokens = c.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
                              add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0].float()
+        return c.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """`text_embeddings` in float32."""
+        return self.text_embeddings(captions).float()
 
     def caption(self, text: str) -> str:
         token = self.options.id_token
@@ -318,33 +348,54 @@ class DynamiCtrl(ModelFamily):
                 "an even latent count (e.g. 37, 45, 53)"
             )
 
-    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
+    def encode_constants(self) -> dict[str, torch.Tensor]:
+        return {"scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64)}
+
+    @torch.no_grad()
+    def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: the posterior mean and std of the noisy reference image (its noise is the sample's
+        fixed draw), of the video and of the pose video, and the caption's T5 embedding."""
         if "control" not in batch:
             raise ValueError(f"DynamiCtrl trains on pose videos; batch {batch['media']} has none")
         video = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
-        batch_size = video.shape[0]
         # The reference is the clip's first frame with a little noise of random scale, as the original.
-        image = video[:, :, :1]
-        sigma = torch.exp(torch.normal(IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD, (batch_size,), generator=generator))
-        noise = torch.randn(image.shape, generator=generator, device=generator.device).to(image)
-        noisy_image = image + noise * sigma.to(image).view(-1, 1, 1, 1, 1)
+        noisy_images = []
+        for image, generator in zip(video[:, :, :1], fixed_draw_generators(batch), strict=True):
+            sigma = torch.exp(torch.normal(IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD, (1,), generator=generator))
+            noise = torch.randn(image.shape, generator=generator, device=generator.device).to(image)
+            noisy_images.append(image + noise * sigma.to(image))
+        image_mean, image_std = self.vae_moments(torch.stack(noisy_images))  # (B, 16, 1, h, w)
+        mean, std = self.vae_moments(video)
+        self._check_latent_frames(mean.shape[2], f"a {video.shape[2]}-frame clip ({batch['media'][0]})")
+        control_mean, control_std = self.vae_moments(self._pixels(batch["control"]))
+        text = self.text_embeddings([self.caption(c) for c in batch["caption"]])
+        return [
+            {"image_mean": image_mean[i], "image_std": image_std[i], "latent_mean": mean[i], "latent_std": std[i],
+             "control_mean": control_mean[i], "control_std": control_std[i], "text": text[i]}
+            for i in range(video.shape[0])
+        ]
 
-        image_latents = self.vae_encode(noisy_image, generator)  # (B, 1, 16, h, w)
-        latents = self.vae_encode(video, generator)  # (B, T, 16, h, w)
-        control = self.vae_encode(self._pixels(batch["control"]), generator)
+    def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
+                    media: Sequence[str] = ()) -> EncodedBatch:
+        def stacked(key: str) -> torch.Tensor:
+            return stack_samples(samples, key, self.device)
+
+        batch_size = len(samples)
+        image_latents = self.sample_latents(stacked("image_mean"), stacked("image_std"), generator)  # (B, 1, 16, h, w)
+        latents = self.sample_latents(stacked("latent_mean"), stacked("latent_std"), generator)  # (B, T, 16, h, w)
+        control = self.sample_latents(stacked("control_mean"), stacked("control_std"), generator)
         frames = latents.shape[1]
-        self._check_latent_frames(frames, f"a {video.shape[2]}-frame clip ({batch['media'][0]})")
         image_latents = torch.cat([image_latents, image_latents.new_zeros(batch_size, frames - 1,
                                                                           *image_latents.shape[2:])], dim=1)
         keep = torch.rand(batch_size, generator=generator) >= self.options.noised_image_dropout
         image_latents = image_latents * keep.to(image_latents).view(-1, 1, 1, 1, 1)
-        text = self.encode_text([self.caption(c) for c in batch["caption"]])
+        text = stacked("text").float()
 
         config = self.components.transformer.config
         p, p_t = config.patch_size, config.patch_size_t or 1
         tokens = batch_size * (frames // p_t) * (latents.shape[-2] // p) * (latents.shape[-1] // p)
         conditions = {"image_latents": image_latents, "control": control, "text": text}
-        return EncodedBatch(latents=latents, conditions=conditions, media=list(batch["media"]), tokens=tokens)
+        return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
     def rotary(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         from vidctrl.models.cogvideox.components import rotary_embedding

@@ -5,6 +5,7 @@ Plücker camera embedding through an adapter. Facts: docs/facts/wan2.1-fun-contr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -13,7 +14,14 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import EncodedBatch, ModelFamily, ValidationSample
+from vidctrl.families.base import (
+    EncodedBatch,
+    ModelFamily,
+    ValidationSample,
+    fixed_draw_generators,
+    posterior_sample,
+    stack_samples,
+)
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
@@ -60,6 +68,7 @@ class WanFunControl(ModelFamily):
     train_modes: ClassVar[tuple[str, ...]] = ("control_ref", "control", *CAMERA_MODES)
     frame_multiple: ClassVar[int] = 4
     trainable_component: ClassVar[str] = "transformer"
+    cache_options: ClassVar[tuple[str, ...]] = ("control_ref_image", "tokenizer_max_length")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
     def __init__(self, preset: str, options: WanFunOptions, *, train_mode: str, config: Any = None) -> None:
@@ -111,10 +120,10 @@ class WanFunControl(ModelFamily):
         return write_tiny_wan(out_dir, preset, layout=layout, seed=seed)  # type: ignore[arg-type]
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device) -> None:
+    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
         from vidctrl.models.wan.components import load_wan_components
 
-        parts = ["transformer", "vae", "text_encoder", "tokenizer", "image_encoder"]
+        parts = ["transformer", "vae", "text_encoder", "tokenizer", "image_encoder"] if encoders else ["transformer"]
         self.components = load_wan_components(path, parts=parts, dtype=dtype, device=device)
         self.device, self.dtype = torch.device(device), dtype
         for module in self.frozen_modules().values():
@@ -133,7 +142,18 @@ class WanFunControl(ModelFamily):
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         c = self.components
-        return {"vae": c.vae, "text_encoder": c.text_encoder, "image_encoder": c.image_encoder}
+        modules = {"vae": c.vae, "text_encoder": c.text_encoder, "image_encoder": c.image_encoder}
+        return {name: module for name, module in modules.items() if module is not None}
+
+    def encoder_files(self, path: Path) -> list[Path]:
+        """The release's VAE, UMT5, CLIP and tokenizer files, and the transformer's config (original
+        layout: the weights sit side by side in one folder)."""
+        from vidctrl.models.wan.components import TRANSFORMER_WEIGHTS_STEM, detect_layout
+
+        if detect_layout(Path(path)) == "diffusers":
+            return super().encoder_files(path)
+        return [f for f in sorted(Path(path).rglob("*")) if f.is_file() and not f.name.startswith(".")
+                and not (f.name.startswith(TRANSFORMER_WEIGHTS_STEM) and f.suffix in (".safetensors", ".bin"))]
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
         from vidctrl.objectives.flow import FlowMatching
@@ -156,39 +176,70 @@ class WanFunControl(ModelFamily):
         return video.to(self.dtype) / 127.5 - 1.0
 
     @torch.no_grad()
+    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unnormalised,
+        in the VAE's dtype (`normalise` does the rest in float32)."""
+        vae = self.components.vae
+        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
+        means, stds = [], []
+        for part in video.split(chunk):
+            dist = vae.encode(part.to(vae.dtype)).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+        return torch.cat(means), torch.cat(stds)
+
+    def normalise(self, mean: torch.Tensor) -> torch.Tensor:
+        """Posterior means to normalised latents: per-channel (mean - latents_mean) / latents_std."""
+        c = self.constants
+        shift = c["latents_mean"].to(mean.device).view(1, -1, 1, 1, 1)
+        scale = c["latents_std"].to(mean.device).view(1, -1, 1, 1, 1)
+        return (mean.float() - shift) / scale
+
+    @torch.no_grad()
     def vae_encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Normalised latents (B, 16, T, h, w); sampled with `generator` (training) or the mean (None).
 
         As the original: the mean is normalised by the VAE's per-channel mean/std, and the noise of
         the posterior is added with its own scale (not divided by std).
         """
-        vae = self.components.vae
-        mean = torch.tensor(vae.config.latents_mean, device=video.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, device=video.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        out = []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            latents = (dist.mean.float() - mean) / std
-            if generator is not None:
-                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-                latents = latents + dist.std.float() * noise
-            out.append(latents)
-        return torch.cat(out)
+        mean, std = self.vae_moments(video)
+        latents = self.normalise(mean)
+        if generator is None:
+            return latents
+        return posterior_sample(latents, std, generator)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """UMT5 embeddings (B, L, 4096): each prompt's tokens, zero beyond its length (as Wan pads)."""
+    def text_embeddings(self, captions: list[str]) -> list[torch.Tensor]:
+        """UMT5 embeddings of each prompt, (L_i, 4096) in the encoder's dtype, cut after its last token
+        (Wan zeroes the padding; `pad_text` puts it back)."""
         c = self.components
         tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
                              truncation=True, add_special_tokens=True, return_tensors="pt")
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
-        embeds = c.text_encoder(ids, attention_mask=mask).last_hidden_state.float()
-        return embeds * mask.unsqueeze(-1)
+        embeds = c.text_encoder(ids, attention_mask=mask).last_hidden_state
+        out = []
+        for row, row_mask in zip(embeds, mask, strict=True):
+            length = int(row_mask.nonzero().max()) + 1 if row_mask.any() else 0
+            out.append(row[:length] * row_mask[:length, None].to(row.dtype))
+        return out
+
+    def pad_text(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, tokenizer_max_length, 4096) float32 from `text_embeddings`' rows: zeros after each prompt."""
+        length = self.options.tokenizer_max_length
+        out = torch.zeros((len(embeddings), length, embeddings[0].shape[-1]), device=self.device)
+        for i, row in enumerate(embeddings):
+            out[i, : row.shape[0]] = row.to(self.device).float()
+        return out
 
     @torch.no_grad()
-    def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
-        """CLIP ViT-H penultimate features (B, 257, 1280) of (B, 3, H, W) images in [-1, 1]."""
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """UMT5 embeddings (B, L, 4096): each prompt's tokens, zero beyond its length (as Wan pads)."""
+        return self.pad_text(self.text_embeddings(captions))
+
+    @torch.no_grad()
+    def clip_features(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP ViT-H penultimate features (B, 257, 1280) of (B, 3, H, W) images in [-1, 1], in the
+        encoder's dtype."""
         encoder = self.components.image_encoder
         x = (images.float() * 0.5 + 0.5).clamp(0, 1)
         side = encoder.config.image_size  # 224 for the real ViT-H/14
@@ -196,37 +247,88 @@ class WanFunControl(ModelFamily):
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(encoder.dtype)
-        return encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2].float()
+        return encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+
+    @torch.no_grad()
+    def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """`clip_features` in float32."""
+        return self.clip_features(images).float()
 
     def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from this rank's condition stream (True = drop)."""
+        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
         return torch.rand(size, generator=generator) < probability
 
-    def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:
-        opts = self.options
-        pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
-        batch_size, _, num_frames = pixels.shape[:3]
-        latents = self.vae_encode(pixels, generator=generator)
+    def reference_index(self, frames: int, generator: torch.Generator) -> int:
+        """The clip frame the reference image is taken from: frame 0, or (V1.1 `random`) frame 0 with
+        probability 0.4 and each other frame an equal share of 0.6."""
+        if self.options.control_ref_image != "random" or frames == 1:
+            return 0
+        weights = torch.full((frames,), 0.6 / (frames - 1))
+        weights[0] = 0.4
+        return int(torch.multinomial(weights, 1, generator=generator))
 
-        # Reference frame per sample: frame 0, or (V1.1 `random`) frame 0 with p 0.4, others share 0.6.
-        if opts.control_ref_image == "random" and num_frames > 1:
-            weights = torch.full((num_frames,), 0.6 / (num_frames - 1))
-            weights[0] = 0.4
-            ref_index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        else:
-            ref_index = torch.zeros(batch_size, dtype=torch.long)
-        reference = pixels[torch.arange(batch_size), :, ref_index.to(self.device)]  # (B, 3, H, W)
-        conditions: dict[str, Any] = {}
-        parts: list[torch.Tensor] = []
+    def encode_constants(self) -> dict[str, torch.Tensor]:
+        vae = self.components.vae
+        return {
+            "latents_mean": torch.tensor(vae.config.latents_mean, dtype=torch.float32),
+            "latents_std": torch.tensor(vae.config.latents_std, dtype=torch.float32),
+            "empty_text": self.text_embeddings([""])[0].cpu(),
+        }
+
+    @torch.no_grad()
+    def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: the target's posterior mean and std, the control's and the reference frame's
+        latent means, the reference frame's index and CLIP features, the caption's UMT5 embedding
+        (and, camera modes, the camera rows and pixel size)."""
+        pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
+        batch_size, _, num_frames, height, width = pixels.shape
+        ref_index = [self.reference_index(num_frames, g) for g in fixed_draw_generators(batch)]
+        mean, std = self.vae_moments(pixels)
+        samples: list[dict[str, torch.Tensor]] = [
+            {"latent_mean": mean[i], "latent_std": std[i], "reference_index": torch.tensor(ref_index[i])}
+            for i in range(batch_size)
+        ]
         if self.train_mode in ("control_ref", "control"):
             if "control" not in batch:
                 raise ValueError(f"train mode {self.train_mode} needs control videos; batch {batch['media']} has none")
-            control = self.vae_encode(self._pixels(batch["control"]), generator=None)
+            control, _ = self.vae_moments(self._pixels(batch["control"]))
+            for sample, latent in zip(samples, control, strict=True):
+                sample["control_mean"] = latent
+        rows = torch.arange(batch_size, device=pixels.device)
+        reference = pixels[rows, :, torch.tensor(ref_index, device=pixels.device)]  # (B, 3, H, W)
+        if self.train_mode != "control":
+            ref_mean, _ = self.vae_moments(reference.unsqueeze(2))  # (B, 16, 1, h, w)
+            for sample, latent in zip(samples, ref_mean, strict=True):
+                sample["reference_mean"] = latent
+        for sample, features, text in zip(samples, self.clip_features(reference),
+                                          self.text_embeddings(list(batch["caption"])), strict=True):
+            sample["clip"], sample["text"] = features, text
+        if self.train_mode in CAMERA_MODES:
+            if "camera" not in batch:
+                raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} "
+                                 "has none")
+            for sample, rows in zip(samples, batch["camera"], strict=True):
+                sample["camera"] = rows.float()
+                sample["pixel_size"] = torch.tensor([height, width])
+        return samples
+
+    def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
+                    media: Sequence[str] = ()) -> EncodedBatch:
+        opts = self.options
+        batch_size = len(samples)
+        latents = posterior_sample(self.normalise(stack_samples(samples, "latent_mean", self.device)),
+                                   stack_samples(samples, "latent_std", self.device), generator)
+        ref_index = torch.stack([s["reference_index"] for s in samples])
+        conditions: dict[str, Any] = {}
+        parts: list[torch.Tensor] = []
+        if self.train_mode in ("control_ref", "control"):
+            control = self.normalise(stack_samples(samples, "control_mean", self.device))
             keep = (~self._draw(opts.control_dropout, batch_size, generator)).to(control)
             parts.append(control * keep.view(-1, 1, 1, 1, 1))
         if self.train_mode != "control":
-            ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)  # (B, 16, 1, h, w)
+            ref_latent = self.normalise(stack_samples(samples, "reference_mean", self.device))  # (B, 16, 1, h, w)
             ref_slot = torch.zeros_like(latents)
+            # A reference from a later frame is no first-frame condition: it enters as full-reference tokens only.
             dropped = self._draw(opts.reference_dropout, batch_size, generator) | (ref_index != 0)
             ref_slot[:, :, :1] = ref_latent * (~dropped).to(ref_latent).view(-1, 1, 1, 1, 1)
             parts.append(ref_slot)
@@ -234,27 +336,28 @@ class WanFunControl(ModelFamily):
                 full_dropped = self._draw(opts.full_ref_dropout, batch_size, generator) | (ref_index == 0)
                 conditions["full_ref"] = ref_latent[:, :, 0] * (~full_dropped).to(ref_latent).view(-1, 1, 1, 1)
         conditions["y"] = torch.cat(parts, dim=1)
-        clip = self.encode_clip(reference)
+        clip = stack_samples(samples, "clip", self.device).float()
         clip_keep = (~self._draw(opts.clip_dropout, batch_size, generator)).to(clip)
         conditions["clip"] = clip * clip_keep.view(-1, 1, 1)
         text_drop = self._draw(opts.text_dropout, batch_size, generator)
-        captions = ["" if drop else caption for drop, caption in zip(text_drop.tolist(), batch["caption"], strict=True)]
-        conditions["text"] = self.encode_text(captions)
+        empty = self.constants["empty_text"]
+        conditions["text"] = self.pad_text([empty if drop else s["text"]
+                                            for drop, s in zip(text_drop.tolist(), samples, strict=True)])
         if self.train_mode in CAMERA_MODES:
-            conditions["camera"] = self._camera(batch, pixels.shape[-2:])
+            conditions["camera"] = self._camera(samples)
         _, _, t, h, w = latents.shape
         tokens = batch_size * t * (h // 2) * (w // 2)
-        return EncodedBatch(latents=latents, conditions=conditions, media=list(batch["media"]), tokens=tokens)
+        return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
-    def _camera(self, batch: dict[str, Any], size: tuple[int, int]) -> torch.Tensor:
+    def _camera(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Plücker embeddings packed 4 frames to the latent frame, from each sample's camera rows
+        (F, 19): frame, fx, fy, cx, cy, 0, 0, 3x4 world-to-camera."""
         from vidctrl.adapters.camera import pack_camera_frames, plucker_embedding
 
-        if "camera" not in batch:
-            raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} has none")
-        rows = batch["camera"]  # (B, F, 19): frame, fx, fy, cx, cy, 0, 0, 3x4 w2c
         packed = []
-        for sample in rows:
-            embedding = plucker_embedding(sample[:, 1:5], sample[:, 7:].reshape(-1, 3, 4), size[0], size[1],
+        for sample in samples:
+            rows, (height, width) = sample["camera"], sample["pixel_size"].tolist()
+            embedding = plucker_embedding(rows[:, 1:5], rows[:, 7:].reshape(-1, 3, 4), height, width,
                                           device=self.device)
             packed.append(pack_camera_frames(embedding))
         return torch.stack(packed).to(self.dtype)

@@ -3,7 +3,11 @@ objective noises and scores, and everything else (optimizer, checkpoints, data o
 validation) is the same for every family.
 
     batch -> family.encode -> objective.prepare -> family.predict -> objective.loss
-          -> backward -> clip -> step -> log -> checkpoint -> validate
+          -> agree -> backward -> clip -> step -> log -> checkpoint -> validate
+
+It knows no engine either: `engines.py` hides what DDP, DeepSpeed ZeRO and FSDP2 do differently,
+and `distributed.agree` makes every rank take the same decision at every step (`distributed.py`);
+each sample draws its random numbers from its own streams (`microbatch.py`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,21 @@ from pathlib import Path
 
 import torch
 
+from vidctrl.cache.loader import open_cache
 from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
 from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
-from vidctrl.train.checkpoint import CheckpointManager, diffusers_weights, lora_weights, preflight
-from vidctrl.train.clipping import clip_gradients, grad_clip_limit
+from vidctrl.train import distributed
+from vidctrl.train.checkpoint import (
+    CheckpointManager,
+    TrainingCheckpointError,
+    estimate_checkpoint_bytes,
+    preflight,
+)
+from vidctrl.train.clipping import grad_clip_limit
+from vidctrl.train.engines import build_engine
+from vidctrl.train.microbatch import StandIn, encode_samples, noise_samples, sample_seeds
 from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups
 from vidctrl.train.rng import rank_generator
 from vidctrl.train.tracking import Tracker
@@ -43,7 +56,8 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     validation_dirs: list[Path] = field(default_factory=list)
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # sample occurrences that could not be decoded, over all ranks
+    excluded_samples: int = 0  # records left out when the dataset was loaded
 
 
 class PhaseTimer:
@@ -105,26 +119,25 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     run, optim, model_config = config.run, config.optim, config.model
     output_dir = Path(run.output_dir)
     log_with = None if run.report_to == "none" else run.report_to
+    plan = distributed.read_launch()
     accelerator = Accelerator(
         mixed_precision=run.mixed_precision,
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / run.logging_dir)),
+        **distributed.accelerator_options(plan, timeout_s=run.nccl_timeout),
     )
-    if config.run.use_deepspeed and accelerator.state.deepspeed_plugin is None:
-        raise ConfigError(
-            "--use_deepspeed was given to the script but accelerate was not launched with DeepSpeed; "
-            "launch with `accelerate launch --use_deepspeed --deepspeed_config_file ...`"
-        )
+    engine = build_engine(accelerator, plan, config)
     if run.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     seed = config.data.seed if config.data.seed is not None else 0
     set_seed(seed)
     rank, world = accelerator.process_index, accelerator.num_processes
-    noise_generator = rank_generator(seed, rank, "noise", accelerator.device)
-    condition_generator = rank_generator(seed, rank, "conditions")
-    validation_generator = rank_generator(seed, rank, "validation")
+    log.info("engine %s, process %d of %d on %s", engine.name, rank, world, accelerator.device)
+    # Noise, timesteps and condition dropout come from per-sample streams (microbatch.py); the
+    # validation stream is rank 0's on every rank, so that sharded engines generate one video.
+    validation_generator = rank_generator(seed, 0, "validation")
 
     # --- model ----------------------------------------------------------------------------------
     family_cls = family_for_preset(config.preset)
@@ -132,7 +145,12 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     weight_dtype = _weight_dtype(run.mixed_precision)
     if model_config.pretrained_model_name_or_path is None:
         raise ConfigError("--pretrained_model_name_or_path is required (a local folder; `vidctrl model tiny` writes one)")
-    family.load(Path(model_config.pretrained_model_name_or_path), dtype=weight_dtype, device=accelerator.device)
+    # --load_tensors: a stale cache is refused before the model loads; the encoders load only for validation.
+    cache = open_cache(config, family, world_size=world) if model_config.load_tensors else None
+    validates = bool(config.validation.validation_steps or config.validation.validation_epochs)
+    with engine.load_context():
+        family.load(Path(model_config.pretrained_model_name_or_path), dtype=weight_dtype, device=accelerator.device,
+                    encoders=cache is None or validates)
     model = family.denoiser
     if model_config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -148,21 +166,30 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
             name_for_matching=family.name_for_matching,
         )
         log.info("trainable parameters:\n%s", groups.describe())
+        groups = groups.groups
     # Trainable weights stay in float32 (mixed precision runs the forward in weight_dtype).
     for parameter in model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("no parameter is trainable: check --trainable_modules")
+    checkpoint_bytes = estimate_checkpoint_bytes([p for p in model.parameters() if p.requires_grad])
+    groups = engine.shard(model, groups)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
-    loader = build_loader(config.data, rank=rank, world_size=world, frame_multiple=family.frame_multiple,
-                          loaded=load_manifest(config.data), pin_memory=run.pin_memory)
+    if cache is not None:
+        loader = cache.loader(config, family, rank=rank, world_size=world, pin_memory=run.pin_memory)
+        excluded = cache.index.excluded
+    else:
+        loaded = load_manifest(config.data)
+        loader = build_loader(config.data, rank=rank, world_size=world, frame_multiple=family.frame_multiple,
+                              loaded=loaded, pin_memory=run.pin_memory)
+        excluded = len(loaded.excluded)
     updates_per_epoch = math.ceil(len(loader) / optim.gradient_accumulation_steps)
     max_steps = run.max_train_steps or run.num_train_epochs * updates_per_epoch
 
     optimizer = build_optimizer(
-        groups.groups if not model_config.use_lora else groups,
+        groups,
         name=_optimizer_name(config),
         lr=optim.learning_rate,
         betas=(optim.adam_beta1, optim.adam_beta2),
@@ -173,18 +200,20 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
         optimizer, optim.lr_scheduler, warmup_steps=optim.lr_warmup_steps, total_steps=max_steps,
         num_cycles=optim.lr_num_cycles, power=optim.lr_power, steps_per_optimizer_step=world,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = engine.prepare(model, optimizer, scheduler)
     objective = family.build_objective(config.objective, rank=rank, world_size=world)
 
     # --- checkpoints and resume ----------------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(model)
-    weights = lora_weights(unwrapped) if model_config.use_lora else diffusers_weights(unwrapped)
+    parts = engine.checkpoint_parts(model, optimizer, scheduler, component=family.trainable_component,
+                                    use_lora=model_config.use_lora)
     checkpoints = CheckpointManager(
         output_dir,
         total_limit=run.checkpoints_total_limit,
-        weights={family.trainable_component: weights},
-        stateful={"optimizer": optimizer, "lr_scheduler": scheduler},
-        generators={"noise": noise_generator, "conditions": condition_generator, "validation": validation_generator},
+        weights=parts.weights,
+        stateful=parts.stateful,
+        generators={"validation": validation_generator},
+        state_writer=parts.state_writer,
+        state_reader=parts.state_reader,
         is_main_process=accelerator.is_main_process,
         process_index=rank,
         num_processes=world,
@@ -192,10 +221,12 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
         config_hash=config_hash(config),
     )
     if accelerator.is_main_process:
-        from vidctrl.train.checkpoint import estimate_checkpoint_bytes
-
         limit = run.checkpoints_total_limit or 1
-        preflight(output_dir, (limit + 1) * estimate_checkpoint_bytes(trainable))
+        try:
+            preflight(output_dir, (limit + 1) * checkpoint_bytes)
+        except TrainingCheckpointError as err:
+            raise TrainingError(str(err)) from err
+    accelerator.wait_for_everyone()
     global_step = 0
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
@@ -205,101 +236,148 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
 
     tracker = Tracker(accelerator, config, output_dir=output_dir, total_steps=max_steps, initial_step=global_step)
     validation = family.validation_runner(config, output_dir=output_dir)
-    result = TrainResult(output_dir=output_dir, global_step=global_step)
+    result = TrainResult(output_dir=output_dir, global_step=global_step, excluded_samples=excluded)
     timer = PhaseTimer()
+    stand_in = StandIn()
+
+    def validate(step: int) -> None:
+        if engine.validates_on_all_ranks or accelerator.is_main_process:
+            paths = validation.run(accelerator.unwrap_model(model), step, generator=validation_generator,
+                                   write=accelerator.is_main_process)
+            result.validation_dirs.extend(paths)
+        accelerator.wait_for_everyone()
+
+    def save_checkpoint(step: int) -> None:
+        try:
+            path = checkpoints.save(step, epoch=loader.epoch, sampler_state=loader.state_dict(),
+                                    extra={**parts.extra, "world_size": world})
+        except TrainingCheckpointError as err:
+            raise TrainingError(f"step {step}: {err}") from err
+        result.checkpoints.append(path)
+        tracker.event(f"saved {path}")
 
     # --- the loop ------------------------------------------------------------------------------
     model.train()
-    window: dict[str, float] = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
+    window = _Window()
+    drop_update = False
     step_start = time.perf_counter()
     while global_step < max_steps:
         epoch = loader.epoch
         for batch in loader:
-            if batch["skipped"]:
-                result.skipped_samples += len(batch["skipped"])
-                for skipped in batch["skipped"]:
-                    log.warning("skipped sample %d (%s): %s", skipped.index, skipped.media, skipped.reason)
-            if batch["size"] == 0:
-                continue
+            requests = loader.sampler.requests(batch["epoch"], batch["step_in_epoch"])
+            for skipped in batch["skipped"]:
+                log.warning("skipped sample %d (%s): %s", skipped.index, skipped.media, skipped.reason)
+            if batch["size"]:
+                stand_in.remember(batch)
+                work, seeds = batch, sample_seeds(requests, batch)
+            else:  # every sample of this rank was skipped: a zero-weighted step keeps it in the collectives
+                work, seeds = stand_in.get(loader, requests, batch["epoch"], batch["step_in_epoch"]), [0]
             with accelerator.accumulate(model):
                 with timer("encode"):
                     if model_config.low_vram:
                         family.move_frozen(accelerator.device)
-                    encoded = family.encode(batch, generator=condition_generator)
+                    encoded = encode_samples(family, work, seeds)
                     if model_config.low_vram:
                         family.move_frozen("cpu")
                 with timer("forward"):
-                    noised = objective.prepare(encoded.latents, noise_generator)
-                    with accelerator.autocast():
+                    noised = noise_samples(objective, encoded.latents, seeds, accelerator.device)
+                    with engine.autocast():
                         prediction = family.predict(model, encoded, noised.noisy, noised.timestep)
                     loss = objective.loss(prediction.float(), noised, weight=encoded.loss_weight)
-                if not torch.isfinite(loss):
-                    _bad_step(run.nan_policy, global_step, f"loss is {loss.item()}", encoded.media)
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                with timer("backward"):
-                    accelerator.backward(loss)
+                shape = (requests[0].height, requests[0].width, requests[0].frames)
+                report = distributed.agree(accelerator, valid=batch["size"], planned=len(requests), loss=loss,
+                                           shape=shape)
+                result.skipped_samples += report.skipped
+                media = encoded.media if batch["size"] else []
+                if report.nonfinite_ranks:
+                    own = media if rank in report.nonfinite_ranks else []
+                    _bad_step(run.nan_policy, global_step, "loss is not finite",
+                              distributed.gather_media(accelerator, own))
+                    drop_update = True
+                elif report.valid == 0:
+                    log.warning("step %d: every sample of the global batch was skipped; no update", global_step + 1)
+                    drop_update = True
+                if not drop_update:  # all ranks agree on it; DeepSpeed steps inside backward at a sync step
+                    with timer("backward"):
+                        accelerator.backward(loss * report.weight if report.weight != 1.0 else loss)
                 grad_norm = None
-                if accelerator.sync_gradients and optim.max_grad_norm > 0:
-                    grad_norm = clip_gradients(
-                        lambda: accelerator.clip_grad_norm_(trainable, float("inf")),
-                        trainable,
-                        lambda norm, step=global_step: grad_clip_limit(step, norm, max_grad_norm=optim.max_grad_norm,
-                                                                       initial_ratio=optim.initial_grad_norm_ratio,
-                                                                       abnormal_start=optim.abnormal_norm_clip_start),
-                    )
-                    if not math.isfinite(grad_norm):
-                        _bad_step(run.nan_policy, global_step, f"gradient norm is {grad_norm}", encoded.media)
-                        optimizer.zero_grad(set_to_none=True)
-                        continue
+                if accelerator.sync_gradients and not drop_update and (optim.max_grad_norm > 0
+                                                                       or engine.clips_internally):
+                    grad_norm = engine.clip(trainable, lambda norm, step=global_step: grad_clip_limit(
+                        step, norm, max_grad_norm=optim.max_grad_norm, initial_ratio=optim.initial_grad_norm_ratio,
+                        abnormal_start=optim.abnormal_norm_clip_start))
+                    if grad_norm is not None and not math.isfinite(grad_norm):
+                        _bad_step(run.nan_policy, global_step, f"gradient norm is {grad_norm}",
+                                  distributed.gather_media(accelerator, media))
+                        drop_update = True
                 with timer("step"):
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            window["loss"] += loss.detach().item()
-            window["samples"] += batch["size"]
-            window["tokens"] += encoded.tokens
-            window["micro"] += 1
+                    if drop_update:
+                        if accelerator.sync_gradients:
+                            engine.discard_gradients(optimizer)
+                    else:
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+            window.add(report, tokens=encoded.tokens if batch["size"] else 0)
             if not accelerator.sync_gradients:
                 continue
 
             global_step += 1
             elapsed = time.perf_counter() - step_start
-            step_loss = window["loss"] / max(window["micro"], 1)
+            step_loss = window.loss()
             result.losses.append((global_step, step_loss))
             tracker.log_step(
                 global_step,
                 loss=step_loss,
                 lr=scheduler.get_last_lr()[0],
                 grad_norm=None if grad_norm is None else float(grad_norm),
-                samples_per_s=window["samples"] * world / elapsed,
-                tokens_per_s=window["tokens"] * world / elapsed,
+                samples_per_s=window.samples / elapsed,
+                tokens_per_s=window.tokens * world / elapsed,
                 epoch=epoch,
                 phases=timer.pop(),
                 skipped=result.skipped_samples,
             )
-            window = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
+            window = _Window()
+            drop_update = False
 
             if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
-                path = checkpoints.save(global_step, epoch=loader.epoch, sampler_state=loader.state_dict())
-                result.checkpoints.append(path)
-                tracker.event(f"saved {path}")
+                save_checkpoint(global_step)
             if validation is not None and validation.due(global_step=global_step, epoch_end=False):
-                result.validation_dirs += validation.run(accelerator.unwrap_model(model), global_step,
-                                                         generator=validation_generator)
+                validate(global_step)
             step_start = time.perf_counter()
             if global_step >= max_steps:
                 break
         else:
             if validation is not None and validation.due(global_step=global_step, epoch_end=True, epoch=epoch):
-                result.validation_dirs += validation.run(accelerator.unwrap_model(model), global_step,
-                                                         generator=validation_generator)
+                validate(global_step)
             continue
 
     result.global_step = global_step
+    if result.skipped_samples or result.excluded_samples:
+        log.warning("left out %d samples with problems when loading the dataset and skipped %d samples that "
+                    "could not be decoded (run `vidctrl data check` with the same flags)",
+                    result.excluded_samples, result.skipped_samples)
     tracker.close(result)
     accelerator.end_training()
     return result
+
+
+class _Window:
+    """Global loss, samples and tokens of the micro-steps of one optimizer step."""
+
+    def __init__(self) -> None:
+        self.loss_sum = 0.0
+        self.samples = 0
+        self.tokens = 0
+
+    def add(self, report: distributed.StepReport, *, tokens: int) -> None:
+        if report.valid and not report.nonfinite_ranks:
+            self.loss_sum += report.loss * report.valid
+            self.samples += report.valid
+        self.tokens += tokens
+
+    def loss(self) -> float:
+        return self.loss_sum / self.samples if self.samples else float("nan")
 
 
 def _bad_step(policy: str, step: int, what: str, media: list[str]) -> None:

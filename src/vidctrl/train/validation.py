@@ -80,11 +80,14 @@ class ValidationRunner:
         return bool(every) and global_step % every == 0
 
     @torch.no_grad()
-    def run(self, model: torch.nn.Module, step: int, *, generator: torch.Generator) -> list[Path]:
+    def run(self, model: torch.nn.Module, step: int, *, generator: torch.Generator, write: bool = True) -> list[Path]:
+        """Generate every validation video; `write` False generates without writing (the other
+        ranks of a sharded model, whose forward passes the main rank's generation needs)."""
         from vidctrl.train.media import save_contact_sheet, save_video_mp4
 
         folder = self.output_dir / "validation" / f"step-{step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
         was_training = model.training
         model.eval()
         written: list[Path] = []
@@ -96,6 +99,8 @@ class ValidationRunner:
                         steps=self.config.validation_num_inference_steps,
                         guidance_scale=self.config.validation_guidance_scale, generator=generator,
                     )
+                    if not write:
+                        continue
                     name = sample.name if self.config.num_validation_videos == 1 else f"{sample.name}-{k}"
                     mp4 = save_video_mp4(folder / f"{name}.mp4", video, sample.fps)
                     sheet = folder / f"{name}.png"
