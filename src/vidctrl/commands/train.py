@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -35,7 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (ConfigError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"trained {result.global_step} steps; output in {result.output_dir}")
-    if result.skipped_samples:
-        print(f"skipped {result.skipped_samples} samples that could not be loaded (see the log)")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
+        print(f"trained {result.global_step} steps; output in {result.output_dir}")
+        if result.skipped_samples:
+            print(f"skipped {result.skipped_samples} samples that could not be loaded (see the log)")
     return 0
