@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import struct
 from abc import ABC, abstractmethod
@@ -772,3 +773,25 @@ def fp32_module_names(model: nn.Module, dtype: torch.dtype | None) -> tuple[str,
     else:
         names |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
     return tuple(sorted(names))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file (config.json, scheduler_config.json, ...)."""
+    return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """Forbid Hugging Face hub access for the duration (belt and braces next to ``local_files_only``):
+    vidctrl loads models from local folders only."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -31,10 +31,7 @@ Layout facts (diffusers 0.42.1, `CogVideoXTransformer3DModel`):
 from __future__ import annotations
 
 import inspect
-import json
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +50,11 @@ from vidctrl.models.loading import (
     TemplateRule,
     empty_weights,
     fp32_module_names,
+    hub_offline,
     identity_key_map,
     load_checkpoint,
     open_checkpoint,
+    read_json,
 )
 
 ALL_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -141,24 +140,8 @@ def find_weights(folder: Path, stem: str, root: Path, what: str) -> Path | list[
     raise _missing(root, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
-@contextmanager
-def hub_offline() -> Iterator[None]:
-    """Forbid Hugging Face hub access for the duration (next to ``local_files_only``)."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _WithFreshTensors(CheckpointReader):

@@ -24,13 +24,10 @@ from a hub (tokenizers load with ``local_files_only`` under ``HF_HUB_OFFLINE=1``
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -51,9 +48,11 @@ from vidctrl.models.loading import (
     LoadReport,
     empty_weights,
     fp32_module_names,
+    hub_offline,
     identity_key_map,
     load_checkpoint,
     open_checkpoint,
+    read_json,
 )
 from vidctrl.models.wan.keymap import (
     clip_config_from_original,
@@ -121,7 +120,7 @@ def detect_layout(root: str | Path) -> Layout:
         raise WanModelFilesError(f"Wan model folder not found: {root}. {WHERE_TO_GET}.")
     if (root / "model_index.json").is_file() or (root / "transformer" / "config.json").is_file():
         return "diffusers"
-    if (root / "config.json").is_file() and "num_attention_heads" in _read_json(root / "config.json"):
+    if (root / "config.json").is_file() and "num_attention_heads" in read_json(root / "config.json"):
         raise WanModelFilesError(
             f"{root} holds one diffusers component (its config.json uses diffusers names); "
             f"pass the folder that contains transformer/, vae/, text_encoder/, ... instead"
@@ -168,24 +167,8 @@ def _one_or_many(files: Sequence[Path]) -> Path | Sequence[Path]:
     return files[0] if len(files) == 1 else files
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
-@contextmanager
-def hub_offline() -> Iterator[None]:
-    """Forbid Hugging Face hub access for the duration (belt and braces next to ``local_files_only``)."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _dtype_for(dtype: ModelDType, part: str) -> torch.dtype | None:
@@ -239,7 +222,7 @@ def load_wan_transformer(
     files = find_weights(folder, TRANSFORMER_WEIGHTS_STEM, root, layout, "transformer weights")
     reader = open_checkpoint(_one_or_many(files))
     shapes = reader.shapes()
-    raw = _read_json(config_file)
+    raw = read_json(config_file)
     if layout == "original":
         config = transformer_config_from_original(raw, shapes, source=str(config_file))
         key_map = transformer_key_map()
@@ -270,7 +253,7 @@ def load_wan_vae(
         key_map = vae_key_map(config["num_res_blocks"])
     else:
         folder = root / "vae"
-        config = _read_json(_require(folder / "config.json", root, layout, "VAE config"))
+        config = read_json(_require(folder / "config.json", root, layout, "VAE config"))
         reader = open_checkpoint(
             _one_or_many(find_weights(folder, TRANSFORMER_WEIGHTS_STEM, root, layout, "VAE weights"))
         )
@@ -307,7 +290,7 @@ def load_wan_text_encoder(
     else:
         folder = root / "text_encoder"
         config = UMT5Config.from_dict(
-            _read_json(_require(folder / "config.json", root, layout, "text encoder config"))
+            read_json(_require(folder / "config.json", root, layout, "text encoder config"))
         )
         reader = open_checkpoint(
             _one_or_many(find_weights(folder, "model", root, layout, "text encoder weights"))
@@ -350,7 +333,7 @@ def load_wan_image_encoder(
         model_cls = CLIPVisionModelWithProjection
     else:
         folder = root / "image_encoder"
-        raw = _read_json(_require(folder / "config.json", root, layout, "image encoder config"))
+        raw = read_json(_require(folder / "config.json", root, layout, "image encoder config"))
         config = CLIPVisionConfig.from_dict(raw)
         reader = open_checkpoint(
             _one_or_many(find_weights(folder, "model", root, layout, "image encoder weights"))
