@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from collections.abc import Sequence
 
 from vidctrl.data.check import InspectSettings, inspect_records
 from vidctrl.data.clips import ClipRules
 from vidctrl.data.records import Record
 
+log = logging.getLogger(__name__)
+
 
 def probe_into(records: Sequence[Record], *, workers: int | None = None, force: bool = False) -> list[Record]:
     """Records with frames/fps/width/height (and the control's) filled from the files' headers.
 
     Records already probed are kept as they are unless `force`. A file that cannot be probed
-    leaves its record unprobed and is reported on stderr (`vidctrl data check` says more).
+    leaves its record unprobed and is logged (`vidctrl data check` says more).
     """
     todo = [i for i, r in enumerate(records) if force or not r.probed]
     out = list(records)
@@ -27,6 +29,6 @@ def probe_into(records: Sequence[Record], *, workers: int | None = None, force: 
         fields = inspection.probed_fields()
         if inspection.target is None:
             reasons = "; ".join(p.message for p in inspection.problems) or "unknown reason"
-            print(f"warning: sample {index} ({records[index].media}) could not be probed: {reasons}", file=sys.stderr)
+            log.warning("sample %d (%s) could not be probed: %s", index, records[index].media, reasons)
         out[index] = dataclasses.replace(records[index], **fields)
     return out
