@@ -55,6 +55,10 @@ def load_manifest(config: DataConfig, *, workers: int | None = None) -> LoadedDa
         imported.raise_for_errors()
     bad = {p.sample for p in errors}
     records: list[Record] = [r for i, r in enumerate(imported.records) if i not in bad]
+    unprobed_count = sum(not r.probed for r in records)
+    if unprobed_count > 1000:
+        log.info("probing %d files for their frames, fps and size; `vidctrl data convert --to manifest` "
+                 "stores this once so that runs start at once", unprobed_count)
     records = probe_into(records, workers=workers)
     unprobed = [r for r in records if not r.probed]
     if unprobed:
