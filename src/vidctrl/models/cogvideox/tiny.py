@@ -30,11 +30,11 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from torch import nn
 from transformers import T5Config, T5EncoderModel
 
+from vidctrl.models.tiny_t5 import TINY_TEXT_DIM, tiny_t5_config
 from vidctrl.models.wan.tiny import tiny_tokenizer
 
 PRESET_IN_CHANNELS: dict[str, int] = {"cogvideox-fun-inp": 33, "cogvideox-fun-control": 32}
 VARIANTS: tuple[str, ...] = ("5b", "2b", "1.5")
-TINY_TEXT_DIM = 32
 TINY_WIDTH = 32  # heads x head_dim
 
 # scheduler/scheduler_config.json of the CogVideoX releases (the 2B values from THUDM/CogVideoX-2b).
@@ -108,22 +108,7 @@ def tiny_configs(variant: str = "5b", *, in_channels: int = 33) -> dict[str, dic
         "use_quant_conv": False,
         "use_post_quant_conv": False,
     }
-    text_encoder = {
-        "d_model": TINY_TEXT_DIM,
-        "d_kv": 8,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_heads": 4,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu",
-        "layer_norm_epsilon": 1e-6,
-        "dropout_rate": 0.0,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-    }
+    text_encoder = tiny_t5_config()
     scheduler = {**SCHEDULER_CONFIG, "snr_shift_scale": 3.0 if variant == "2b" else 1.0}
     return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
 

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from vidctrl.models.loading import ExpectedTensors
+from vidctrl.models.tiny_t5 import TINY_TEXT_DIM, tiny_t5_config
 from vidctrl.models.wan.components import ORIGINAL_FILES, TRANSFORMER_WEIGHTS_STEM, Layout
 from vidctrl.models.wan.keymap import (
     WAN21_LATENTS_MEAN,
@@ -49,7 +50,6 @@ from vidctrl.models.wan.transformer import WanFunControlTransformer3DModel
 Preset = Literal["wan2.1-fun-control-v1.0", "wan2.1-fun-control-v1.1", "wan2.1-fun-control-camera"]
 PRESETS: tuple[str, ...] = ("wan2.1-fun-control-v1.0", "wan2.1-fun-control-v1.1", "wan2.1-fun-control-camera")
 
-TINY_TEXT_DIM = 32
 TINY_CLIP_DIM = 64
 
 
@@ -99,23 +99,7 @@ def tiny_configs(preset: str, vocab_size: int) -> dict[str, dict[str, Any]]:
         "latents_mean": list(WAN21_LATENTS_MEAN),
         "latents_std": list(WAN21_LATENTS_STD),
     }
-    text_encoder = {
-        "vocab_size": vocab_size,
-        "d_model": TINY_TEXT_DIM,
-        "d_kv": 8,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_heads": 4,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu",
-        "layer_norm_epsilon": 1e-6,
-        "dropout_rate": 0.0,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-    }
+    text_encoder = tiny_t5_config(vocab_size=vocab_size)
     image_encoder = {
         "hidden_size": TINY_CLIP_DIM,
         "intermediate_size": 128,

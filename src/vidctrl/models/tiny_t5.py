@@ -1,0 +1,28 @@
+"""The tiny T5-family text encoder that the tiny Wan (UMT5) and CogVideoX (T5) models share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY_TEXT_DIM = 32
+
+
+def tiny_t5_config(**overrides: Any) -> dict[str, Any]:
+    """Config of a 2-layer, width-32 T5 encoder (transformers' T5Config / UMT5Config keys)."""
+    return {
+        "d_model": TINY_TEXT_DIM,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": 1e-6,
+        "dropout_rate": 0.0,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        **overrides,
+    }
