@@ -37,6 +37,7 @@ from vidctrl.cache.store import (
     save_tensors_atomic,
     write_json_atomic,
 )
+from vidctrl.run_lock import hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,22 @@ def share(records: list[int], rank: int, world_size: int) -> list[int]:
 
 
 def build_cache(config: Any, *, shard_mib: float = DEFAULT_SHARD_MIB, family: Any = None) -> CacheReport:
-    """Write (or complete) the latent cache for `config`; returns what was done."""
+    """Write (or complete) the latent cache for `config`; returns what was done. One run owns the
+    cache folder at a time (`vidctrl.run_lock`): a second one is refused, naming the first."""
+    state = process_state()
+    with hold_folder(cache_dir_of(config), is_main_process=state.is_main_process, what="vidctrl cache",
+                     flag_hint="--cache_dir", stale_after_s=config.run.output_dir_lock_timeout,
+                     force=config.run.force_output_dir_lock):
+        return _build_cache(config, state, shard_mib=shard_mib, family=family)
+
+
+def _build_cache(config: Any, state: Any, *, shard_mib: float, family: Any) -> CacheReport:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from vidctrl.data.dataset import collate_clips
     from vidctrl.families import family_for_preset
 
-    state = process_state()
     rank, world = state.process_index, state.num_processes
     family = family or family_for_preset(config.preset).from_config(config)
     cache_dir = cache_dir_of(config)

@@ -110,6 +110,16 @@ class RunConfig:
     nan_policy: Literal["stop", "skip"] = option(
         "stop", help="a NaN/inf loss or gradient: stop naming the step and samples, or skip the step"
     )
+    # One run owns output_dir (vidctrl.run_lock): a second run into it is refused, a dead run's lock
+    # is taken over.
+    output_dir_lock_timeout: float = option(
+        600.0, help="seconds without a heartbeat after which another run's lock on output_dir counts as "
+        "left by a dead run and is taken over (the owner refreshes it every 30 s)"
+    )
+    force_output_dir_lock: bool = option(
+        False, help="take over output_dir's lock even when its owner looks alive (say so in the log); only "
+        "for a run you know is dead"
+    )
 
 
 @dataclass

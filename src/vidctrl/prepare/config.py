@@ -28,6 +28,11 @@ class PrepareConfig:
     )
     crf: int = option(18, help="x264 quality of re-encoded videos (lower is better)")
     overwrite: bool = option(False, help="redo every video, even when OUT holds a finished one")
+    output_dir_lock_timeout: float = option(
+        600.0, help="seconds without a heartbeat after which another run's lock on OUT counts as left by a "
+        "dead run and is taken over"
+    )
+    force_output_dir_lock: bool = option(False, help="take over OUT's lock even when its owner looks alive")
 
     # --- pose --------------------------------------------------------------------------------
     pose_model_dir: Path | None = option(

@@ -57,6 +57,7 @@ from vidctrl.prepare.clips import ClipPlan, ClipSettings, plan_clips
 from vidctrl.prepare.config import PrepareConfig
 from vidctrl.prepare.dwpose import DWPose, FramePose, model_files
 from vidctrl.prepare.media import VideoWriter, iter_frames, place_source, source_rate
+from vidctrl.run_lock import hold_folder
 
 STATE_DIR = ".vidctrl-prepare"
 VIDEO_SUFFIXES = frozenset(
@@ -632,11 +633,19 @@ def _check_inputs(config: PrepareConfig) -> tuple[Path, Path]:
 
 def prepare_dataset(config: PrepareConfig, *, progress: bool = True) -> PrepareReport:
     """Run `data prepare` (see the module docstring). Raises `PrepareError` before any work when an
-    input is missing; a video that cannot be used is reported in `PrepareReport.failed`."""
-    from vidctrl.data.layouts import write_layout
-
+    input is missing; a video that cannot be used is reported in `PrepareReport.failed`. One run owns
+    `--out` at a time (`vidctrl.run_lock`): a second one is refused, naming the first."""
     started = time.monotonic()
     videos, out = _check_inputs(config)
+    with hold_folder(out, is_main_process=True, what="vidctrl data prepare", flag_hint="--out",
+                     stale_after_s=config.output_dir_lock_timeout, force=config.force_output_dir_lock,
+                     broadcast=lambda value: value):
+        return _prepare(config, videos, out, progress=progress, started=started)
+
+
+def _prepare(config: PrepareConfig, videos: Path, out: Path, *, progress: bool, started: float) -> PrepareReport:
+    from vidctrl.data.layouts import write_layout
+
     try:
         clip_settings = ClipSettings(config.fps, config.clip_min_frames, config.clip_max_frames)
     except ValueError as exc:

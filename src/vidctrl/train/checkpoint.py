@@ -19,7 +19,11 @@ removing it so that a half-deleted folder never looks complete.
 Every ``.pth`` file is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 
 All ranks call :meth:`CheckpointManager.save` and :meth:`CheckpointManager.load` together; the
-output folder must be shared by all ranks (one filesystem), and only one run may write into it.
+output folder must be shared by all ranks (one filesystem), and only one run may write into it:
+`vidctrl train` holds the folder's :class:`~vidctrl.run_lock.RunLock`, whose token names the run's
+working folders (``.checkpoint-{step}.tmp-{token}-<hex>``), so that a save never removes the working
+folder of another live run. On resume the main process picks the checkpoint and every rank loads
+that one (:meth:`CheckpointManager.resume`), whatever its own view of a lagging shared filesystem.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,6 +48,9 @@ from torch import nn
 
 import vidctrl
 from vidctrl.train.rng import capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    from vidctrl.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +63,10 @@ RESUME_LATEST = "latest"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Hidden working folders: .tmp (being written), .old (a same-step checkpoint being replaced),
 # .del (being rotated away).
-_WORKING_RE = re.compile(r"^\.checkpoint-(\d+)\.(tmp|old|del)-[0-9a-f]+$")
+# The run token (a RunLock's) comes first where the run has one: ``.tmp-{token}-{random}``.
+_WORKING_RE = re.compile(r"^\.checkpoint-(\d+)\.(tmp|old|del)-(?:([0-9a-f]+)-)?[0-9a-f]+$")
+#: how long a rank waits to see the checkpoint the main process chose (a lagging shared filesystem)
+RESUME_VISIBILITY_TIMEOUT_S = 120.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED_NAMES = {MARKER_FILE, SAMPLER_FILE, ENGINE_STATE_DIR}
 
@@ -289,6 +300,10 @@ class CheckpointManager:
         num_processes: int = 1,
         barrier: Callable[[], None] | None = None,
         config_hash: str | None = None,
+        broadcast: Callable[[Any], Any] | None = None,
+        lock: RunLock | None = None,
+        run_token: str | None = None,
+        visibility_timeout_s: float = RESUME_VISIBILITY_TIMEOUT_S,
     ) -> None:
         if total_limit is not None and total_limit < 1:
             raise ValueError(f"checkpoints_total_limit must be >= 1 or unset, got {total_limit}")
@@ -312,6 +327,11 @@ class CheckpointManager:
         self.num_processes = num_processes
         self._barrier = barrier or (lambda: None)
         self.config_hash = config_hash
+        # `broadcast(value)` returns the main process's value on every rank (identity for one process).
+        self._broadcast = broadcast or (lambda value: value)
+        self.lock = lock  # the main process's hold on output_dir, checked before every save
+        self.run_token = run_token or (lock.token if lock is not None else None)
+        self.visibility_timeout_s = visibility_timeout_s
 
     # ---- finding ---------------------------------------------------------------------------
 
@@ -360,9 +380,47 @@ class CheckpointManager:
         )
 
     def resume(self, resume_from_checkpoint: str | Path | None) -> ResumeState | None:
-        """:meth:`resolve` then :meth:`load`; None for a fresh start. Call on every rank."""
-        path = self.resolve(resume_from_checkpoint)
-        return None if path is None else self.load(path)
+        """:meth:`resolve` then :meth:`load`; None for a fresh start. Call on every rank together.
+
+        The main process resolves (``latest`` included) and every rank loads the checkpoint it
+        chose: on a shared filesystem with lag, another rank's own listing may not show the newest
+        checkpoint yet, and two ranks must never resume two steps.
+        """
+        choice: tuple[str, Any] | None = None
+        if self.is_main_process:
+            try:
+                path = self.resolve(resume_from_checkpoint)
+                choice = ("none", None) if path is None else ("path", (str(path), _step_of(path)))
+            except TrainingCheckpointError as err:
+                choice = ("error", str(err))
+        kind, value = self._broadcast(choice)
+        if kind == "error":
+            raise TrainingCheckpointError(value)
+        if kind == "none":
+            return None
+        path_text, step = value
+        path = Path(path_text)
+        if not self.is_main_process:
+            self._wait_until_visible(path, step)
+        return self.load(path)
+
+    def _wait_until_visible(self, path: Path, step: int) -> None:
+        """Wait (bounded) until this rank sees `path` complete and at `step`."""
+        deadline = time.monotonic() + self.visibility_timeout_s
+        while True:
+            seen = _step_of(path) if path.is_dir() and is_complete(path) else None
+            if seen == step:
+                return
+            if time.monotonic() >= deadline:
+                what = "does not exist" if not path.exists() else (
+                    "is incomplete" if seen is None else f"holds step {seen}")
+                raise TrainingCheckpointError(
+                    f"rank {self.process_index} on host {socket.gethostname()}: the main process resumes from {path} "
+                    f"(step {step}), which this rank's view of the filesystem {what} after "
+                    f"{self.visibility_timeout_s:.0f} s. Every rank must see the same output_dir: check that it is "
+                    "one shared folder, mounted on every machine"
+                )
+            time.sleep(min(1.0, self.visibility_timeout_s / 20))
 
     # ---- saving ----------------------------------------------------------------------------
 
@@ -386,8 +444,13 @@ class CheckpointManager:
 
         self._barrier()
         # The main process picks the random name; the other ranks find it after the barrier.
-        tmp = self.output_dir / f".checkpoint-{step}.tmp-{secrets.token_hex(4)}"
+        tmp = self.output_dir / f".checkpoint-{step}.tmp-{self._working_suffix()}"
         if self.is_main_process:
+            if self.lock is not None:
+                try:
+                    self.lock.check()
+                except Exception as err:
+                    raise TrainingCheckpointError(f"not saving checkpoint-{step}: {err}") from err
             try:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 self._clean_working_folders()
@@ -455,8 +518,13 @@ class CheckpointManager:
             "extra": extra,
         }
 
+    def _working_suffix(self) -> str:
+        random = secrets.token_hex(4)
+        return f"{self.run_token}-{random}" if self.run_token else random
+
     def _find_tmp(self, step: int) -> Path:
-        found = sorted(self.output_dir.glob(f".checkpoint-{step}.tmp-*"))
+        pattern = f".checkpoint-{step}.tmp-{self.run_token}-*" if self.run_token else f".checkpoint-{step}.tmp-*"
+        found = sorted(self.output_dir.glob(pattern))
         if len(found) != 1:
             raise TrainingCheckpointError(
                 f"rank {self.process_index}: expected one temporary folder .checkpoint-{step}.tmp-* in "
@@ -471,7 +539,7 @@ class CheckpointManager:
         deleted after; if a crash falls between the two renames, the next save moves it back."""
         aside = None
         if final.exists():
-            aside = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
+            aside = final.with_name(f".{final.name}.old-{self._working_suffix()}")
             os.replace(final, aside)
         try:
             os.replace(tmp, final)
@@ -495,7 +563,7 @@ class CheckpointManager:
     def _remove(self, path: Path, step: int) -> None:
         # Rename first: a crash during rmtree then leaves a hidden folder, never a partial
         # checkpoint-{step} that still has its marker.
-        doomed = path.with_name(f".checkpoint-{step}.del-{secrets.token_hex(4)}")
+        doomed = path.with_name(f".checkpoint-{step}.del-{self._working_suffix()}")
         try:
             os.replace(path, doomed)
         except OSError as err:
@@ -508,7 +576,10 @@ class CheckpointManager:
             match = _WORKING_RE.match(entry.name)
             if not match or not entry.is_dir():
                 continue
-            step, kind = int(match.group(1)), match.group(2)
+            step, kind, token = int(match.group(1)), match.group(2), match.group(3)
+            if self.lock is not None and not self.lock.may_remove(token):
+                logger.info("keeping %s: it belongs to a run whose lock was forced, which may still write it", entry)
+                continue
             final = self.output_dir / f"checkpoint-{step}"
             if kind == "old" and not final.exists() and is_complete(entry):
                 logger.warning("restoring %s, moved aside by a save that did not finish", final)
@@ -602,6 +673,11 @@ class CheckpointManager:
 
 # --------------------------------------------------------------------------------------------
 # Files
+
+
+def _step_of(path: Path) -> int:
+    """The step a complete checkpoint says it holds."""
+    return int(read_trainer_state(path)["step"])
 
 
 def is_complete(path: Path) -> bool:

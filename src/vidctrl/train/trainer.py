@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
 from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
+from vidctrl.run_lock import hold_folder, main_process_value
 from vidctrl.train import distributed
 from vidctrl.train.checkpoint import (
     CheckpointManager,
@@ -105,14 +106,15 @@ def train(config: TrainConfig, *, family: ModelFamily | None = None) -> TrainRes
     from accelerate.state import AcceleratorState
 
     try:
-        return _train(config, family)
+        with ExitStack() as held:  # what the run holds until it ends, however it ends (output_dir's lock)
+            return _train(config, family, held)
     finally:
         # accelerate keeps process-wide state; a second run in the same process (tests, notebooks)
         # may use another precision.
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
+def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -127,6 +129,9 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / run.logging_dir)),
         **distributed.accelerator_options(plan, timeout_s=run.nccl_timeout),
     )
+    # One run owns output_dir: a second run into it stops here, before any model loads.
+    hold = held.enter_context(hold_folder(output_dir, is_main_process=accelerator.is_main_process, what="vidctrl train",
+                                          stale_after_s=run.output_dir_lock_timeout, force=run.force_output_dir_lock))
     engine = build_engine(accelerator, plan, config)
     if run.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -219,6 +224,9 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
         num_processes=world,
         barrier=accelerator.wait_for_everyone,
         config_hash=config_hash(config),
+        broadcast=main_process_value,
+        lock=hold.lock,
+        run_token=hold.token,
     )
     if accelerator.is_main_process:
         limit = run.checkpoints_total_limit or 1
