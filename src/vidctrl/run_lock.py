@@ -158,6 +158,16 @@ class RunLock:
     # ---- acquiring -------------------------------------------------------------------------
 
     def acquire(self) -> RunLock:
+        try:
+            return self._acquire()
+        except OSError as err:
+            name = self.flag_hint.lstrip("-")
+            raise FolderLockedError(
+                f"{name} {self.folder} cannot be created or written ({err.strerror or err}"
+                f"{': ' + str(err.filename) if err.filename else ''}); pass a folder you can write to {self.flag_hint}"
+            ) from err
+
+    def _acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(8):  # a lost race against another starting run is retried, then it is theirs
             if self._create():

@@ -118,3 +118,10 @@ def test_cache_and_prepare_refuse_a_folder_owned_by_a_live_run(tmp_path: Path) -
     config = PrepareConfig(videos=tmp_path / "raw", out=tmp_path / "data", caption="a person")
     with pytest.raises(FolderLockedError, match="--out"):
         prepare_dataset(config, progress=False)
+
+
+def test_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(FolderLockedError, match=f"output_dir {blocker / 'out'} cannot be created"):
+        RunLock(blocker / "out").acquire()
