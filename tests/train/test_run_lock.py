@@ -125,3 +125,15 @@ def test_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(FolderLockedError, match=f"output_dir {blocker / 'out'} cannot be created"):
         RunLock(blocker / "out").acquire()
+
+
+def test_cache_refuses_a_cache_folder_owned_by_a_live_run(tmp_path: Path) -> None:
+    from vidctrl.cache.build import build_cache
+    from vidctrl.config.train import parse_train_config
+
+    config = parse_train_config(["--preset", "wan2.1-fun-control-v1.1", "--output_dir", str(tmp_path / "out"),
+                                 "--pretrained_model_name_or_path", str(tmp_path / "no-model")])
+    write_lock(tmp_path / "out" / "cache", host="gpu-node-17", pid=4242, heartbeat_age_s=1)
+    # refused before the model or the data is touched (neither exists)
+    with pytest.raises(FolderLockedError, match=r"gpu-node-17.*--cache_dir"):
+        build_cache(config)
