@@ -279,9 +279,9 @@ class WanFunControl(ModelFamily):
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample: the target's posterior mean and std, the control's and the reference frame's
         latent means, the reference frame's index and CLIP features, the caption's UMT5 embedding
-        (and, camera modes, the camera rows and pixel size)."""
+        (and, camera modes, the camera rows and the resize and crop of the frames)."""
         pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
-        batch_size, _, num_frames, height, width = pixels.shape
+        batch_size, _, num_frames, _, _ = pixels.shape
         ref_index = [self.reference_index(num_frames, g) for g in fixed_draw_generators(batch)]
         mean, std = self.vae_moments(pixels)
         samples: list[dict[str, torch.Tensor]] = [
@@ -304,13 +304,17 @@ class WanFunControl(ModelFamily):
                                           self.text_embeddings(list(batch["caption"])), strict=True):
             sample["clip"], sample["text"] = features, text
         if self.train_mode in CAMERA_MODES:
-            if "camera" not in batch:
-                raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} "
-                                 "has none")
-            for sample, rows in zip(samples, batch["camera"], strict=True):
-                sample["camera"] = rows.float()
-                sample["pixel_size"] = torch.tensor([height, width])
+            for sample, camera in zip(samples, self.camera_inputs(batch), strict=True):
+                sample.update(camera)
         return samples
+
+    def camera_inputs(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: the camera rows at the clip's frames and the resize and crop of its frames (the
+        rays follow both, not the crop alone); what `camera_condition` turns into the adapter input."""
+        if "camera" not in batch:
+            raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} has none")
+        return [{"camera": rows.double(), "camera_geometry": window}
+                for rows, window in zip(batch["camera"], batch["camera_geometry"], strict=True)]
 
     def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
                     media: Sequence[str] = ()) -> EncodedBatch:
@@ -344,22 +348,21 @@ class WanFunControl(ModelFamily):
         conditions["text"] = self.pad_text([empty if drop else s["text"]
                                             for drop, s in zip(text_drop.tolist(), samples, strict=True)])
         if self.train_mode in CAMERA_MODES:
-            conditions["camera"] = self._camera(samples)
+            conditions["camera"] = self.camera_condition(samples)
         _, _, t, h, w = latents.shape
         tokens = batch_size * t * (h // 2) * (w // 2)
         return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
-    def _camera(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def camera_condition(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Plücker embeddings packed 4 frames to the latent frame, from each sample's camera rows
-        (F, 19): frame, fx, fy, cx, cy, 0, 0, 3x4 world-to-camera."""
-        from vidctrl.adapters.camera import pack_camera_frames, plucker_embedding
+        (F, 19) and the resize and crop of its frames (`clip_camera_condition`)."""
+        from vidctrl.adapters.camera import clip_camera_condition
 
-        packed = []
-        for sample in samples:
-            rows, (height, width) = sample["camera"], sample["pixel_size"].tolist()
-            embedding = plucker_embedding(rows[:, 1:5], rows[:, 7:].reshape(-1, 3, 4), height, width,
-                                          device=self.device)
-            packed.append(pack_camera_frames(embedding))
+        if any("camera_geometry" not in s for s in samples):
+            raise ValueError("cached camera samples lack the frames' resize and crop (written by an older vidctrl); "
+                             "rebuild the cache with `vidctrl cache`")
+        packed = [clip_camera_condition(s["camera"], s["camera_geometry"].tolist(), device=self.device)
+                  for s in samples]
         return torch.stack(packed).to(self.dtype)
 
     def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
