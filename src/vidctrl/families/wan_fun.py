@@ -49,6 +49,10 @@ class WanFunOptions:
     text_dropout: float = option(0.1, help="probability of training a sample on the empty prompt")
     full_ref_dropout: float = option(0.1, help="probability of zeroing a sample's full-reference tokens")
     negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
+    validation_start_images: list[str] | None = option(
+        None, help="validation: first-frame images, one per prompt, for the frame-0 slot (VideoX-Fun's start_image); "
+        "--validation_images then feed V1.1's full-reference tokens and CLIP"
+    )
 
 
 class WanFunControl(ModelFamily):
@@ -105,6 +109,15 @@ class WanFunControl(ModelFamily):
             )
         if mode in CAMERA_MODES and config.preset != "wan2.1-fun-control-camera":
             raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
+        if options.validation_start_images and mode == "control":
+            raise ConfigError("--validation_start_images: train mode control has no frame-0 slot to put them in")
+        if options.validation_start_images and config.validation.validation_images and not \
+                options.add_full_ref_image_in_self_attention:
+            raise ConfigError(
+                f"--validation_images and --validation_start_images: preset {config.preset} has no full-reference "
+                "tokens (--add_full_ref_image_in_self_attention), so its reference is the first frame and both would "
+                "fill the frame-0 slot; give one of them"
+            )
         if config.objective.loss_type not in (None, "flow"):
             raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
 
@@ -384,7 +397,7 @@ class WanFunControl(ModelFamily):
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
         from vidctrl.data.sampling import cut_to_4k_plus_1
         from vidctrl.data.shapes import fixed_size
-        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+        from vidctrl.train.validation import ValidationRunner, load_camera, load_control, load_reference
 
         v = config.validation
         if not (v.validation_steps or v.validation_epochs):
@@ -394,11 +407,14 @@ class WanFunControl(ModelFamily):
             prompts = prompts[0].split(v.validation_prompt_separator)
         controls = v.validation_control_videos or []
         images = v.validation_images or []
-        if not prompts or len(controls) != len(prompts) or (images and len(images) != len(prompts)):
+        starts = self.options.validation_start_images or []
+        camera = self.train_mode in CAMERA_MODES
+        control_kind = "camera trajectory .txt" if camera else "control video"
+        if not prompts or len(controls) != len(prompts) or any(len(x) not in (0, len(prompts)) for x in (images, starts)):
             raise ValueError(
-                "validation needs one --validation_control_videos per --validation_prompts (and, for the reference, "
-                f"one --validation_images each); got {len(prompts)} prompts, {len(controls)} control videos, "
-                f"{len(images)} images"
+                f"validation needs one --validation_control_videos ({control_kind}) per --validation_prompts (and "
+                "optionally one --validation_images / --validation_start_images each); got "
+                f"{len(prompts)} prompts, {len(controls)} controls, {len(images)} images, {len(starts)} start images"
             )
         size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
         height = v.validation_height or size[0]
@@ -406,39 +422,60 @@ class WanFunControl(ModelFamily):
         frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
         samples = []
         for i, prompt in enumerate(prompts):
-            control, fps = load_control(controls[i], height, width, frames)
             reference = load_reference(images[i], height, width) if images else None
+            start = load_reference(starts[i], height, width) if starts else None
+            if camera:
+                # The adapter input, and its ray directions as a picture for the contact sheet.
+                embedding, shown = load_camera(controls[i], height, width, frames)
+                samples.append(ValidationSample(prompt=prompt, reference=reference, control=shown, name=f"sample-{i}",
+                                                start=start, camera=embedding))
+                continue
+            control, fps = load_control(controls[i], height, width, frames)
             samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
-                                            name=f"sample-{i}", fps=fps))
+                                            name=f"sample-{i}", fps=fps, start=start))
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
-        """Euler sampling of the flow on the shifted schedule, with the reference image used in every
-        mode that has one (the original's validation drops it)."""
+        """Euler sampling of the flow on the shifted schedule, conditioned as VideoX-Fun's inference
+        (`WanFunControlPipeline`) and as training shows the model: with full-reference tokens (V1.1),
+        the reference image feeds them and CLIP and a start image the frame-0 slot (training never
+        fills both from one frame); without them, the reference or start image fills the frame-0
+        slot. CLIP sees the reference, else the start image, else nothing (zero features)."""
         opts = self.options
         conditions: dict[str, Any] = {}
         parts = []
         latent_frames = (frames - 1) // 4 + 1
+
+        def pixels(image: torch.Tensor | None) -> torch.Tensor | None:
+            return None if image is None else image[None].to(self.device).to(self.dtype) / 127.5 - 1.0
+
         if self.train_mode in ("control_ref", "control"):
             control = self._pixels(sample.control.permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
             parts.append(self.vae_encode(control, generator=None))
-        reference = None
-        if sample.reference is not None:
-            reference = sample.reference[None].to(self.device).to(self.dtype) / 127.5 - 1.0
+        reference, start = pixels(sample.reference), pixels(sample.start)
+        full_ref = opts.add_full_ref_image_in_self_attention
         if self.train_mode != "control":
-            # Without a reference image the slot stays zero, as training's reference dropout teaches.
+            # Without an image the slot stays zero, as training's reference dropout teaches.
             slot = torch.zeros((1, 16, latent_frames, height // 8, width // 8), device=self.device)
-            if reference is not None:
-                ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)
-                slot[:, :, :1] = ref_latent
-                if opts.add_full_ref_image_in_self_attention:
-                    conditions["full_ref"] = ref_latent[:, :, 0]
+            slot_image = start if full_ref or start is not None else reference
+            if slot_image is not None and latent_frames > 1:
+                slot[:, :, :1] = self.vae_encode(slot_image.unsqueeze(2), generator=None)
             parts.append(slot)
+            if full_ref:
+                conditions["full_ref"] = (torch.zeros((1, 16, height // 8, width // 8), device=self.device)
+                                          if reference is None else
+                                          self.vae_encode(reference.unsqueeze(2), generator=None)[:, :, 0])
         conditions["y"] = torch.cat(parts, dim=1)
-        clip_source = reference if reference is not None else torch.zeros((1, 3, height, width), device=self.device)
-        conditions["clip"] = self.encode_clip(clip_source)
+        clip_source = reference if reference is not None else start
+        if clip_source is None:
+            clip = self.encode_clip(torch.zeros((1, 3, height, width), device=self.device))
+            conditions["clip"] = torch.zeros_like(clip)
+        else:
+            conditions["clip"] = self.encode_clip(clip_source)
+        if self.train_mode in CAMERA_MODES:
+            conditions["camera"] = sample.camera[None].to(self.device, self.dtype)
         text = self.encode_text([sample.prompt, opts.negative_prompt])
         shape = (1, 16, latent_frames, height // 8, width // 8)
         latents = torch.randn(shape, generator=generator).to(self.device)

@@ -19,6 +19,7 @@ from vidctrl.families.base import ValidationSample
 if TYPE_CHECKING:
     from vidctrl.config.train import TrainConfig
     from vidctrl.families.base import ModelFamily
+    from vidctrl.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,37 @@ def load_control(path: str | Path, height: int, width: int, frames: int) -> tupl
     return video, fps
 
 
+def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A camera trajectory .txt as the Control-Camera adapter's input at the validation size, and a
+    picture of it: `((24, F_latent, H, W) float32, (F, 3, H, W) uint8)`.
+
+    As VideoX-Fun's inference (`process_pose_file(txt, width, height)[:video_length]`): the first
+    `frames` poses, the rays at (height, width) with the 1280x720 focal correction, no crop. The
+    picture shows each pixel's ray direction as a colour (x, y, z -> R, G, B), so the contact sheet's
+    control row shows how the camera turns.
+    """
+    from vidctrl.adapters.camera import clip_camera_condition
+    from vidctrl.data.camera import is_camera_file, read_camera_txt
+
+    if not is_camera_file(path):
+        raise ValueError(f"validation control {path}: the camera preset takes camera trajectory .txt files "
+                         "(--validation_control_videos), one per prompt")
+    rows = read_camera_txt(path).to_array()
+    if len(rows) < frames:
+        raise ValueError(f"validation camera {path} has {len(rows)} poses, validation needs {frames}: pass "
+                         f"--validation_frames {(len(rows) - 1) // 4 * 4 + 1} or a longer trajectory")
+    packed = clip_camera_condition(rows[:frames], (height, width, 0, 0, height, width))
+    directions = packed[12:24].view(3, 4, -1, height, width)  # channel 4 * c + k: direction c of frame k
+    per_frame = directions.permute(2, 1, 0, 3, 4).reshape(-1, 3, height, width)[3:]  # frame 0 was packed 4 times
+    shown = ((per_frame + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return packed, shown
+
+
 class ValidationRunner:
     """Runs a family's `generate` on fixed samples every `validation_steps` / `validation_epochs`."""
 
     def __init__(self, family: ModelFamily, config: TrainConfig, samples: Sequence[ValidationSample], *,
-                 output_dir: Path, height: int, width: int, frames: int, tracker: object | None = None) -> None:
+                 output_dir: Path, height: int, width: int, frames: int, tracker: Tracker | None = None) -> None:
         self.family = family
         self.config = config.validation
         self.samples = list(samples)
@@ -104,8 +131,11 @@ class ValidationRunner:
                     name = sample.name if self.config.num_validation_videos == 1 else f"{sample.name}-{k}"
                     mp4 = save_video_mp4(folder / f"{name}.mp4", video, sample.fps)
                     sheet = folder / f"{name}.png"
-                    save_contact_sheet(sheet, sample.reference, sample.control, video)
+                    shown = sample.reference if sample.reference is not None else sample.start
+                    save_contact_sheet(sheet, shown, sample.control, video)
                     written += [mp4, sheet]
+                    if self.tracker is not None:
+                        self.tracker.log_validation(step, name, video=video, fps=sample.fps, mp4=mp4, sheet=sheet)
                     log.info("validation step %d: %s", step, mp4)
         finally:
             model.train(was_training)
