@@ -167,5 +167,55 @@ def test_camera_validation_refuses_videos_and_short_trajectories(tiny: dict[str,
     family = WanFunControl("wan2.1-fun-control-camera", WanFunOptions(), train_mode="control_camera_ref")
     with pytest.raises(ValueError, match=r"has 3 poses, validation needs 5: pass --validation_frames 1"):
         family.validation_runner(camera_config(tmp_path, tmp_path / "short.txt"), output_dir=tmp_path)
-    with pytest.raises(ValueError, match="camera trajectory .txt files"):
+    with pytest.raises(ValueError, match=r"camera trajectory \.txt files"):
         family.validation_runner(camera_config(tmp_path, tmp_path / "pose.mp4"), output_dir=tmp_path)
+
+
+def camera_dataset(root: Path) -> Path:
+    """Two 9-frame videos with their camera trajectories, in the VideoX-Fun layout."""
+    import json
+
+    from vidctrl.data.video import write_video
+
+    entries = []
+    for i in range(2):
+        write_video(root / f"v{i}.mp4", [np.full((SIZE, SIZE * 2, 3), 20 * k + 60 * i, dtype=np.uint8)
+                                         for k in range(9)], fps=8)
+        write_trajectory(root / f"v{i}.txt", 9)
+        entries.append({"file_path": f"v{i}.mp4", "control_file_path": f"v{i}.txt", "text": "a room", "type": "video"})
+    (root / "metadata.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.mark.slow
+def test_validation_videos_and_contact_sheets_reach_tensorboard(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vidctrl.cli import main
+
+    data, out = camera_dataset(tmp_path / "data"), tmp_path / "out"
+    write_trajectory(tmp_path / "pan.txt", 9)
+    assert main([
+        "train", "--preset", "wan2.1-fun-control-camera", "--pretrained_model_name_or_path",
+        str(tiny["wan2.1-fun-control-camera"]), "--train_data_meta", str(data / "metadata.json"), "--train_data_dir",
+        str(data), "--output_dir", str(out), "--image_sample_size", str(SIZE), "--video_sample_size", str(SIZE),
+        "--token_sample_size", str(SIZE), "--video_sample_stride", "1", "--video_sample_n_frames", str(FRAMES),
+        "--dataloader_num_workers", "0", "--mixed_precision", "no", "--report_to", "tensorboard",
+        "--max_train_steps", "1", "--checkpointing_steps", "1", "--validation_steps", "1",
+        "--validation_prompts", "a room", "--validation_control_videos", str(tmp_path / "pan.txt"),
+        "--validation_num_inference_steps", "1", "--validation_frames", str(FRAMES),
+    ]) == 0
+    assert (out / "validation" / "step-1" / "sample-0.mp4").is_file()
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent),
+                              size_guidance={"images": 0})
+    events.Reload()
+    assert {"validation/sample-0/video", "validation/sample-0/contact_sheet"} <= set(events.Tags()["images"])
+    video = events.Images("validation/sample-0/video")[0]
+    assert video.step == 1
+    with Image.open(io.BytesIO(video.encoded_image_string)) as gif:
+        assert gif.format == "GIF" and gif.n_frames == FRAMES and gif.size == (SIZE, SIZE)
+    sheet = events.Images("validation/sample-0/contact_sheet")[0]
+    assert sheet.width > SIZE and sheet.height > SIZE
