@@ -395,44 +395,13 @@ class WanFunControl(ModelFamily):
 
     # --- validation --------------------------------------------------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.data.sampling import cut_to_4k_plus_1
-        from vidctrl.data.shapes import fixed_size
-        from vidctrl.train.validation import ValidationRunner, load_camera, load_control, load_reference
+        from vidctrl.train.validation import ValidationRunner, control_samples, validation_size
 
-        v = config.validation
-        if not (v.validation_steps or v.validation_epochs):
+        if not (config.validation.validation_steps or config.validation.validation_epochs):
             return None
-        prompts = v.validation_prompts or []
-        if v.validation_prompt_separator and len(prompts) == 1:
-            prompts = prompts[0].split(v.validation_prompt_separator)
-        controls = v.validation_control_videos or []
-        images = v.validation_images or []
-        starts = self.options.validation_start_images or []
-        camera = self.train_mode in CAMERA_MODES
-        control_kind = "camera trajectory .txt" if camera else "control video"
-        if not prompts or len(controls) != len(prompts) or any(len(x) not in (0, len(prompts)) for x in (images, starts)):
-            raise ValueError(
-                f"validation needs one --validation_control_videos ({control_kind}) per --validation_prompts (and "
-                "optionally one --validation_images / --validation_start_images each); got "
-                f"{len(prompts)} prompts, {len(controls)} controls, {len(images)} images, {len(starts)} start images"
-            )
-        size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
-        height = v.validation_height or size[0]
-        width = v.validation_width or size[1]
-        frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
-        samples = []
-        for i, prompt in enumerate(prompts):
-            reference = load_reference(images[i], height, width) if images else None
-            start = load_reference(starts[i], height, width) if starts else None
-            if camera:
-                # The adapter input, and its ray directions as a picture for the contact sheet.
-                embedding, shown = load_camera(controls[i], height, width, frames)
-                samples.append(ValidationSample(prompt=prompt, reference=reference, control=shown, name=f"sample-{i}",
-                                                start=start, camera=embedding))
-                continue
-            control, fps = load_control(controls[i], height, width, frames)
-            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
-                                            name=f"sample-{i}", fps=fps, start=start))
+        height, width, frames = validation_size(config)
+        samples = control_samples(config, height, width, frames, start_images=self.options.validation_start_images,
+                                  camera=self.train_mode in CAMERA_MODES)
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
 
     @torch.no_grad()

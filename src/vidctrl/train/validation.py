@@ -87,6 +87,49 @@ def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple
     return packed, shown
 
 
+def validation_size(config: TrainConfig) -> tuple[int, int, int]:
+    """(height, width, frames) of the validation videos: the flags, else the training size."""
+    from vidctrl.data.sampling import cut_to_4k_plus_1
+    from vidctrl.data.shapes import fixed_size
+
+    v = config.validation
+    size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
+    frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
+    return v.validation_height or size[0], v.validation_width or size[1], frames
+
+
+def control_samples(config: TrainConfig, height: int, width: int, frames: int, *,
+                    start_images: Sequence[str] | None = None, camera: bool = False) -> list[ValidationSample]:
+    """One sample per prompt, each with its control (a video, or with `camera` a trajectory .txt), and
+    its reference image and first-frame (start) image where given."""
+    v = config.validation
+    prompts = v.validation_prompts or []
+    if v.validation_prompt_separator and len(prompts) == 1:
+        prompts = prompts[0].split(v.validation_prompt_separator)
+    controls, images, starts = v.validation_control_videos or [], v.validation_images or [], start_images or []
+    if not prompts or len(controls) != len(prompts) or any(len(x) not in (0, len(prompts)) for x in (images, starts)):
+        kind = "camera trajectory .txt" if camera else "control video"
+        raise ValueError(
+            f"validation needs one --validation_control_videos ({kind}) per --validation_prompts (and optionally "
+            f"one --validation_images / --validation_start_images each); got {len(prompts)} prompts, "
+            f"{len(controls)} controls, {len(images)} images, {len(starts)} start images"
+        )
+    samples = []
+    for i, prompt in enumerate(prompts):
+        reference = load_reference(images[i], height, width) if images else None
+        start = load_reference(starts[i], height, width) if starts else None
+        if camera:
+            # The adapter input, and its ray directions as a picture for the contact sheet.
+            embedding, shown = load_camera(controls[i], height, width, frames)
+            samples.append(ValidationSample(prompt=prompt, reference=reference, control=shown, name=f"sample-{i}",
+                                            start=start, camera=embedding))
+        else:
+            control, fps = load_control(controls[i], height, width, frames)
+            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control, name=f"sample-{i}",
+                                            fps=fps, start=start))
+    return samples
+
+
 class ValidationRunner:
     """Runs a family's `generate` on fixed samples every `validation_steps` / `validation_epochs`."""
 
