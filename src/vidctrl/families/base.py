@@ -71,7 +71,7 @@ class ValidationSample:
     name: str
     fps: float = 16.0
     start: torch.Tensor | None = None  # (3, H, W) uint8: a first-frame image (Wan's frame-0 slot)
-    camera: torch.Tensor | None = None  # (24, F_latent, H, W) float32: a camera adapter input (Control-Camera)
+    camera: torch.Tensor | None = None  # (F, 19) float64: camera file rows (Control-Camera)
 
 
 def fixed_draw_generators(batch: dict[str, Any]) -> list[torch.Generator]:

@@ -444,7 +444,11 @@ class WanFunControl(ModelFamily):
         else:
             conditions["clip"] = self.encode_clip(clip_source)
         if self.train_mode in CAMERA_MODES:
-            conditions["camera"] = sample.camera[None].to(self.device, self.dtype)
+            from vidctrl.adapters.camera import clip_camera_condition
+
+            # As the pipeline: rays at the validation size, nothing cropped.
+            camera = clip_camera_condition(sample.camera, (height, width, 0, 0, height, width), device=self.device)
+            conditions["camera"] = camera[None].to(self.dtype)
         text = self.encode_text([sample.prompt, opts.negative_prompt])
         shape = (1, 16, latent_frames, height // 8, width // 8)
         latents = torch.randn(shape, generator=generator).to(self.device)

@@ -62,13 +62,11 @@ def load_control(path: str | Path, height: int, width: int, frames: int) -> tupl
 
 
 def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A camera trajectory .txt as the Control-Camera adapter's input at the validation size, and a
-    picture of it: `((24, F_latent, H, W) float32, (F, 3, H, W) uint8)`.
-
-    As VideoX-Fun's inference (`process_pose_file(txt, width, height)[:video_length]`): the first
-    `frames` poses, the rays at (height, width) with the 1280x720 focal correction, no crop. The
-    picture shows each pixel's ray direction as a colour (x, y, z -> R, G, B), so the contact sheet's
-    control row shows how the camera turns.
+    """A camera trajectory .txt for validation: its first `frames` rows, as VideoX-Fun's inference
+    takes them (`process_pose_file(txt, width, height)[:video_length]`), and a picture of the rays:
+    `((frames, 19) float64, (F, 3, H, W) uint8)`. The rows, not the embedding, are kept (at 81 x
+    832 x 480 the adapter input is 0.8 GB); the picture shows each pixel's ray direction as a colour
+    (x, y, z -> R, G, B), so the contact sheet's control row shows how the camera turns.
     """
     from vidctrl.adapters.camera import clip_camera_condition
     from vidctrl.data.camera import is_camera_file, read_camera_txt
@@ -76,7 +74,7 @@ def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple
     if not is_camera_file(path):
         raise ValueError(f"validation control {path}: the camera preset takes camera trajectory .txt files "
                          "(--validation_control_videos), one per prompt")
-    rows = read_camera_txt(path).to_array()
+    rows = torch.from_numpy(read_camera_txt(path).to_array())
     if len(rows) < frames:
         raise ValueError(f"validation camera {path} has {len(rows)} poses, validation needs {frames}: pass "
                          f"--validation_frames {(len(rows) - 1) // 4 * 4 + 1} or a longer trajectory")
@@ -84,7 +82,7 @@ def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple
     directions = packed[12:24].view(3, 4, -1, height, width)  # channel 4 * c + k: direction c of frame k
     per_frame = directions.permute(2, 1, 0, 3, 4).reshape(-1, 3, height, width)[3:]  # frame 0 was packed 4 times
     shown = ((per_frame + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return packed, shown
+    return rows[:frames], shown
 
 
 def validation_size(config: TrainConfig) -> tuple[int, int, int]:
@@ -119,10 +117,10 @@ def control_samples(config: TrainConfig, height: int, width: int, frames: int, *
         reference = load_reference(images[i], height, width) if images else None
         start = load_reference(starts[i], height, width) if starts else None
         if camera:
-            # The adapter input, and its ray directions as a picture for the contact sheet.
-            embedding, shown = load_camera(controls[i], height, width, frames)
+            # The camera rows, and their ray directions as a picture for the contact sheet.
+            rows, shown = load_camera(controls[i], height, width, frames)
             samples.append(ValidationSample(prompt=prompt, reference=reference, control=shown, name=f"sample-{i}",
-                                            start=start, camera=embedding))
+                                            start=start, camera=rows))
         else:
             control, fps = load_control(controls[i], height, width, frames)
             samples.append(ValidationSample(prompt=prompt, reference=reference, control=control, name=f"sample-{i}",
