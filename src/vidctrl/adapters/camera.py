@@ -42,7 +42,9 @@ How a clip's camera input is built from these functions::
     camera = pack_camera_frames(embedding)             # (24, (F - 1) // 4 + 1, height, width)
 
 and a batch of them, ``(B, 24, F_latent, H, W)`` at pixel resolution, is the ``camera_embedding``
-argument of ``WanFunControlTransformer3DModel``.
+argument of ``WanFunControlTransformer3DModel``. ``clip_camera_condition`` does the last two steps
+from the file's rows and the loader's resize and crop; validation, like VideoX-Fun's inference,
+computes the rays at the validation size with nothing cropped (the first F poses, not resampled).
 """
 
 from __future__ import annotations
