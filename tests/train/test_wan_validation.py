@@ -149,7 +149,10 @@ def test_camera_validation_takes_a_trajectory_per_sample_and_passes_its_rays(tin
     expected = pack_camera_frames(plucker_embedding(rows[:FRAMES, 1:5], rows[:FRAMES, 7:].reshape(-1, 3, 4), SIZE,
                                                     SIZE * 2, original_hw=VIDEOX_POSE_HW))
     torch.testing.assert_close(sample.camera, torch.from_numpy(rows[:FRAMES]))
-    assert sample.control.shape == (FRAMES, 3, SIZE, SIZE * 2) and sample.control.dtype == torch.uint8
+    # The contact sheet's control row: each pixel's ray direction (packed channels 12-23) as a colour.
+    directions = expected[12:].view(3, 4, -1, SIZE, SIZE * 2).permute(2, 1, 0, 3, 4).reshape(-1, 3, SIZE, SIZE * 2)
+    assert sample.control.dtype == torch.uint8
+    torch.testing.assert_close(sample.control.float(), ((directions[3:] + 1) * 127.5).round(), atol=1, rtol=0)
 
     seen: list[torch.Tensor] = []
     adapter = family.denoiser.control_adapter

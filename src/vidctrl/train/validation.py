@@ -68,7 +68,7 @@ def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple
     832 x 480 the adapter input is 0.8 GB); the picture shows each pixel's ray direction as a colour
     (x, y, z -> R, G, B), so the contact sheet's control row shows how the camera turns.
     """
-    from vidctrl.adapters.camera import clip_camera_condition
+    from vidctrl.adapters.camera import VIDEOX_POSE_HW, plucker_embedding
     from vidctrl.data.camera import is_camera_file, read_camera_txt
 
     if not is_camera_file(path):
@@ -78,11 +78,14 @@ def load_camera(path: str | Path, height: int, width: int, frames: int) -> tuple
     if len(rows) < frames:
         raise ValueError(f"validation camera {path} has {len(rows)} poses, validation needs {frames}: pass "
                          f"--validation_frames {(len(rows) - 1) // 4 * 4 + 1} or a longer trajectory")
-    packed = clip_camera_condition(rows[:frames], (height, width, 0, 0, height, width))
-    directions = packed[12:24].view(3, 4, -1, height, width)  # channel 4 * c + k: direction c of frame k
-    per_frame = directions.permute(2, 1, 0, 3, 4).reshape(-1, 3, height, width)[3:]  # frame 0 was packed 4 times
-    shown = ((per_frame + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return rows[:frames], shown
+    rows = rows[:frames]
+    shown = torch.empty((frames, 3, height, width), dtype=torch.uint8)
+    for frame in range(frames):  # frame by frame (with frame 0, the pose origin): a few MB at a time
+        pair = rows[[0, frame]]
+        rays = plucker_embedding(pair[:, 1:5], pair[:, 7:].reshape(-1, 3, 4), height, width,
+                                 original_hw=VIDEOX_POSE_HW)[1, 3:]
+        shown[frame] = ((rays + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rows, shown
 
 
 def validation_size(config: TrainConfig) -> tuple[int, int, int]:
