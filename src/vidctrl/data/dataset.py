@@ -127,7 +127,10 @@ class ClipDataset(Dataset):
             if record.frames and len(cameras) != record.frames:
                 # As VideoX-Fun: the trajectory is stretched over the video, whatever its length.
                 cameras = cameras.resampled(record.frames)
-            sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float32))
+            # float64 as read (the original's numpy); the Plücker rays need the resize and the crop.
+            sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float64))
+            g = geometry
+            sample["camera_geometry"] = torch.tensor([g.resize_h, g.resize_w, g.top, g.left, g.height, g.width])
         if record.meta_info:
             sample.update(self._hand_boxes(record, indices, geometry))
         return sample
@@ -234,7 +237,8 @@ def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, An
     for key in ("index", "seed", "media", "caption", "encoded"):
         if key in loaded[0]:
             batch[key] = [s[key] for s in loaded]
-    for key in ("pixels", "control", "reference", "camera", "frame_indices", "hand_boxes", "hand_scores"):
+    for key in ("pixels", "control", "reference", "camera", "camera_geometry", "frame_indices", "hand_boxes",
+                "hand_scores"):
         present = [s[key] for s in loaded if key in s]
         if not present:
             continue
