@@ -353,6 +353,105 @@ def test_image_with_exif_orientation_is_returned_upright(tmp_path: Path) -> None
     assert read_frames(path, [0], info=info).shape == (1, WIDTH, HEIGHT, 3)
 
 
+GREYS = np.array([[0, 70, 128], [200, 254, 255]], dtype=np.uint8)  # 8-bit greys, the expected output
+
+
+def _expected_grey() -> np.ndarray:
+    return np.repeat(GREYS[..., None], 3, axis=2)
+
+
+def _sixteen_bit(dtype: str) -> Image.Image:
+    return Image.fromarray((GREYS.astype(np.uint32) * 257).astype(dtype))  # 70 -> 17990, 255 -> 65535
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.fromarray(np.array([[0, 1, 2]], dtype=np.uint8), mode="P")
+    image.putpalette([255, 0, 0, 0, 255, 0, 10, 20, 30])
+    image.info["transparency"] = 2  # index 2 is transparent: composited on black
+    return image
+
+
+def _cmyk() -> Image.Image:
+    pixels = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 255, 255, 0], [0, 0, 0, 255]]], dtype=np.uint8)
+    return Image.fromarray(pixels, mode="CMYK")
+
+
+def _rgba() -> Image.Image:
+    pixels = np.array([[[200, 100, 50, 255], [200, 100, 50, 0], [200, 100, 50, 51]]], dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGBA")
+
+
+IMAGE_MODES = {  # mode -> (source image, file name keeping that mode, expected uint8 RGB)
+    "I;16": (lambda: _sixteen_bit("<u2"), "grey16.png", _expected_grey),
+    "I;16B": (lambda: _sixteen_bit(">u2"), "grey16be.tif", _expected_grey),
+    "I": (lambda: _sixteen_bit("<i4"), "grey32.tif", _expected_grey),
+    "F": (lambda: Image.fromarray((GREYS / 255.0).astype(np.float32)), "float.tif", _expected_grey),
+    "L": (lambda: Image.fromarray(GREYS), "grey.png", _expected_grey),
+    "1": (
+        lambda: Image.fromarray(GREYS > 127),
+        "bits.png",
+        lambda: np.repeat(np.where(GREYS > 127, 255, 0).astype(np.uint8)[..., None], 3, axis=2),
+    ),
+    "LA": (
+        lambda: Image.fromarray(np.stack([GREYS, np.full_like(GREYS, 255)], axis=2), mode="LA").convert("LA"),
+        "grey_alpha.png",
+        _expected_grey,
+    ),
+    "P": (
+        _palette_with_transparency,
+        "palette.png",
+        lambda: np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 0]]], dtype=np.uint8),
+    ),
+    "RGBA": (
+        _rgba,
+        "cutout.png",
+        lambda: np.array([[[200, 100, 50], [0, 0, 0], [40, 20, 10]]], dtype=np.uint8),
+    ),
+    "CMYK": (
+        _cmyk,
+        "print.tif",
+        lambda: np.array([[[255, 255, 255], [0, 255, 255], [255, 0, 0], [0, 0, 0]]], dtype=np.uint8),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(IMAGE_MODES))
+def test_image_of_every_mode_decodes_to_rgb_by_its_real_range(tmp_path: Path, mode: str) -> None:
+    make, name, expected = IMAGE_MODES[mode]
+    path = tmp_path / name
+    make().save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really holds the mode under test
+    decoded = read_frames(path, [0])[0]
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected())
+
+
+def test_sixteen_bit_grey_70_is_not_clipped_to_white(tmp_path: Path) -> None:
+    path = tmp_path / "grey70.png"
+    Image.fromarray(np.full((4, 4), 70 * 257, dtype=np.uint16)).save(path)
+    assert (read_frames(path, [0]) == 70).all()
+    assert (video.read_image(path, size=(2, 2)) == 70).all()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "match"),
+    [
+        (np.array([[0, 70000]], dtype=np.int32), r"mode I\) with values 0\.\.70000"),
+        (np.array([[0.0, 2.5]], dtype=np.float32), r"mode F\) with values 0\.\.2\.5"),
+        (np.array([[0.0, np.nan]], dtype=np.float32), "NaN or infinite"),
+    ],
+)
+def test_wide_image_outside_its_nominal_range_is_refused_with_the_rule(
+    tmp_path: Path, pixels: np.ndarray, match: str
+) -> None:
+    path = tmp_path / "wide.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(MediaError, match=match) as caught:
+        read_frames(path, [0])
+    assert "wide.tif" in str(caught.value) and "16-bit PNG" in caught.value.fix
+
+
 def test_image_under_a_video_name_is_probed_as_image(tmp_path: Path) -> None:
     path = tmp_path / "still.png"
     write_image(path, scene(1)[0])

@@ -295,6 +295,67 @@ def write_image(path: str | os.PathLike[str], frame: np.ndarray) -> None:
         raise
 
 
+def read_image(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), by `image_to_rgb`'s rules.
+
+    `size` (height, width) resizes it (bilinear). Every image vidctrl reads (training samples,
+    validation references and control frames) goes through here.
+    """
+    return _read_image(_existing_file(path), size)
+
+
+def image_to_rgb(image: Image.Image) -> np.ndarray:
+    """A Pillow image of any mode as uint8 RGB (H, W, 3), its values mapped by the mode's real range.
+
+    Pillow's own `convert("RGB")` clips wide modes instead of scaling them (a 16-bit grey of
+    70 * 257 becomes 255), so the rules are spelled out here:
+
+    - 16-bit greyscale (`I;16`, `I;16L`, `I;16B`, `I;16N`): 0..65535 maps to 0..255 (value / 257).
+    - `I` (32-bit integers, what some TIFF and PGM readers produce): read as 16-bit, 0..65535;
+      a value outside that range is an error rather than a guess.
+    - `F` (32-bit float): read as 0.0..1.0; NaN, infinities or values outside it are an error.
+    - Transparency (`RGBA`, `LA`, `PA`, `P` or `L`/`RGB` with a transparent colour; premultiplied
+      `RGBa`): composited on black, so a transparent pixel is black whatever colour it stores (what
+      dropping the alpha of a cut-out usually gives, without the garbage some editors leave in it).
+    - Every other mode (`1`, `L`, `P`, `RGB`, `CMYK`, `YCbCr`, `LAB`, `HSV`) is 8-bit: Pillow's conversion.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.uint32)
+        return _grey_to_rgb((grey * 255 + 32767) // 65535)
+    if mode == "I":
+        grey = np.asarray(image).astype(np.int64)
+        low, high = (int(grey.min()), int(grey.max())) if grey.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"a 32-bit integer image (mode I) with values {low}..{high}: vidctrl reads mode I as "
+                "16-bit (0..65535) and will not guess another range"
+            )
+        return _grey_to_rgb((grey * 255 + 32767) // 65535)
+    if mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.size and not (np.isfinite(grey).all() and grey.min() >= 0.0 and grey.max() <= 1.0):
+            finite = grey[np.isfinite(grey)]
+            shown = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
+            extra = "" if finite.size == grey.size else " and NaN or infinite values"
+            raise ValueError(
+                f"a 32-bit float image (mode F) with values {shown}{extra}: vidctrl reads mode F as 0.0..1.0"
+            )
+        return _grey_to_rgb(np.floor(grey * 255.0 + 0.5))
+    if mode == "RGBa":  # premultiplied alpha: the colour is already composited on black
+        return np.array(np.asarray(image)[..., :3])
+    if "A" in mode or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.uint16)
+        alpha = rgba[..., 3:]
+        return ((rgba[..., :3] * alpha + 127) // 255).astype(np.uint8)
+    # np.array, not np.asarray: the latter is read-only, and torch.from_numpy warns about it.
+    return np.array(image.convert("RGB"))
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Opening and probing
 
@@ -392,16 +453,16 @@ def _probe_image(path: Path) -> MediaInfo:
 def _read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if size is not None:
-                image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            # Alpha is dropped, palettes and greyscale are expanded. np.array, not np.asarray: the
-            # latter is read-only, and torch.from_numpy warns about it.
-            return np.array(image.convert("RGB"))
+            rgb = image_to_rgb(ImageOps.exif_transpose(image))
     except _IMAGE_ERRORS as error:
         raise MediaError(
             path, f"Pillow cannot decode the image ({error})", "re-save it, or remove the sample"
         ) from None
+    except ValueError as error:  # a mode whose values have no range to map (see image_to_rgb)
+        raise MediaError(path, str(error), "re-save it as an 8- or 16-bit PNG, or remove the sample") from None
+    if size is not None and rgb.shape[:2] != size:
+        rgb = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return rgb
 
 
 def _check_range(path: Path, frames: int, index: int, kind: str) -> None:
