@@ -58,6 +58,19 @@ def write_with_timestamps(path: Path, timestamps_ms: list[int]) -> None:
         container.mux(stream.encode())
 
 
+def write_rotated(path: Path, frames: list[np.ndarray], degrees: int) -> None:
+    """A video stored as `frames` with a display matrix turning it `degrees` counter-clockwise, as phones write."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"keyint": str(GOP), "min-keyint": str(GOP), "scenecut": "0", "crf": "0"}
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
 def write_faststart_mp4(path: Path) -> None:
     """An mp4 with its index before the frames, as streaming sites serve them."""
     with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
@@ -207,6 +220,27 @@ def test_read_frames_decodes_sequentially_when_timestamps_do_not_count_frames(
 
 # ---------------------------------------------------------------------------------------------------
 # read_frames: errors
+
+
+@pytest.mark.parametrize(("suffix", "degrees"), [(".mp4", 90), (".mp4", -90), (".mkv", 180), (".mp4", 0)])
+def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path: Path, suffix: str, degrees: int) -> None:
+    # 8-pixel blocks survive yuv420p's chroma subsampling; each frame differs, and no turn maps onto another
+    blocks = np.random.default_rng(1).integers(0, 256, (12, HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
+    stored = list(blocks.repeat(8, axis=1).repeat(8, axis=2))
+    path = tmp_path / f"phone{suffix}"
+    write_rotated(path, stored, degrees)
+    turns = degrees // 90 % 4
+    displayed = np.rot90(np.stack(stored), turns, axes=(1, 2))  # counter-clockwise, like the matrix
+    info = probe(path)
+    assert (info.width, info.height, info.rotation, info.frames) == (
+        displayed.shape[2], displayed.shape[1], turns * 90, 12
+    )
+    for indices in ([0, 7, 11], [3]):  # a seek per run, and one frame
+        frames = read_frames(path, indices, info=info)
+        assert frames.shape == (len(indices), *displayed.shape[1:])
+        assert np.abs(frames.astype(int) - displayed[indices]).mean() < 10  # another frame or turn: about 85
+    half = (info.height // 2, info.width // 2)
+    assert read_frames(path, [5], info=info, size=half).shape == (1, *half, 3)
 
 
 def test_read_frames_out_of_range_names_file_index_and_frame_count(

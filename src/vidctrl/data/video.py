@@ -69,7 +69,9 @@ class MediaInfo:
     """What a manifest stores about a media file.
 
     An image is a one-frame clip with `fps` 0.0: it has no time axis, and 0.0 cannot be mistaken
-    for a real frame rate.
+    for a real frame rate. `width` and `height` are the displayed ones: a video whose display matrix
+    (or an image whose EXIF orientation) turns it by `rotation` degrees counter-clockwise, a multiple
+    of 90, is decoded turned, so a phone's portrait video is portrait everywhere.
     """
 
     kind: Literal["video", "image"]
@@ -77,6 +79,7 @@ class MediaInfo:
     fps: float
     width: int
     height: int
+    rotation: int = 0
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
@@ -109,14 +112,22 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             except _IMAGE_ERRORS:
                 pass
         stream = _video_stream(container, path)
-        frames = stream.frames or _count_packets(container, stream)
+        rotation, read = _stream_rotation(container, stream)
+        if stream.frames:
+            frames = stream.frames
+        elif read is None:  # the first frame did not decode: count the packets from the start
+            frames = _count_packets_of(path)
+        else:
+            frames = read + _count_packets(container, stream)
         if frames <= 0:
             raise MediaError(path, "the video stream has no frames (is the file truncated?)", _COPY_AGAIN)
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise MediaError(path, "FFmpeg cannot tell the frame size", _reencode(path))
+        if rotation % 180:
+            width, height = height, width
         rate = stream.average_rate or stream.guessed_rate
-        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height)
+        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation)
 
 
 def read_frames(
@@ -421,6 +432,37 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
     return sum(packet.size > 0 for packet in _demux_until_error(container, stream, []))
 
 
+def _stream_rotation(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, int | None]:
+    """(rotation, packets read) from the first decoded frame, which carries the display matrix.
+
+    PyAV exposes the container's display matrix (the `rotate` of older FFmpeg) only on decoded
+    frames, so the first one is decoded. A first frame that does not decode leaves the rotation at
+    0 (reading the video reports the damage) and the packet count at None.
+    """
+    read = 0
+    try:
+        for packet in container.demux(stream):
+            read += packet.size > 0
+            for frame in packet.decode():
+                return display_rotation(frame), read
+        for frame in stream.codec_context.decode(None):  # a one-frame stream is held until flushed
+            return display_rotation(frame), read
+    except av.FFmpegError:
+        return 0, None
+    return 0, read
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """How many degrees (0, 90, 180 or 270) counter-clockwise a decoded frame is turned for display.
+
+    The display matrix is rounded to the nearest quarter turn; its mirroring, which cameras do not
+    write, is ignored.
+    """
+    return round(frame.rotation / 90) % 4 * 90
+
+
 def _demux_until_error(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, errors: list[str]
 ) -> Iterator[av.Packet]:
@@ -445,9 +487,11 @@ def _probe_image(path: Path) -> MediaInfo:
             raise UnidentifiedImageError("animated image: let FFmpeg read it as a video")
         width, height = image.size
         # Phones store rotated photos with an EXIF orientation; frames are returned upright.
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
-        return MediaInfo("image", 1, 0.0, width, height)
+        rotation = {3: 180, 4: 180, 5: 270, 6: 270, 7: 90, 8: 90}.get(orientation, 0)
+        return MediaInfo("image", 1, 0.0, width, height, rotation)
 
 
 def _read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -575,16 +619,31 @@ class _Output:
         self.path = path
         self.array: np.ndarray | None = None
         self.count = count
-        self.scale = {} if size is None else {"height": size[0], "width": size[1], "interpolation": "BILINEAR"}
+        self.size = size
 
     def put(self, slot: int, frame: av.VideoFrame) -> None:
-        rgb = frame.to_ndarray(format="rgb24", **self.scale)
+        rgb = frame_to_rgb(frame, self.size)
         if self.array is None:
             self.array = np.empty((self.count, *rgb.shape), dtype=np.uint8)
         elif rgb.shape != self.array.shape[1:]:
             reason = f"the frame size changes mid-stream ({self.array.shape[1:3]} to {rgb.shape[:2]})"
             raise MediaError(self.path, reason, _reencode(self.path))
         self.array[slot] = rgb
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as uint8 RGB (H, W, 3), turned as its display matrix says.
+
+    `size` is the displayed (height, width) to scale to, done in the RGB conversion (one swscale
+    pass, bilinear) before the frame is turned.
+    """
+    rotation = display_rotation(frame)
+    scale = {}
+    if size is not None:
+        height, width = size if rotation % 180 == 0 else size[::-1]
+        scale = {"height": height, "width": width, "interpolation": "BILINEAR"}
+    rgb = frame.to_ndarray(format="rgb24", **scale)
+    return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
 
 
 def _decoding_failed(path: Path, error: av.FFmpegError, decoded_until: int) -> MediaError:
