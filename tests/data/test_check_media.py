@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from vidctrl.cli import main
-from vidctrl.data.video import write_video
+from vidctrl.data.config import DataConfig
+from vidctrl.data.loader import build_loader
+from vidctrl.data.video import probe, write_video
 
 HEIGHT, WIDTH = 32, 48
 
@@ -29,6 +31,28 @@ def write_rotated(path: Path, stored: list[np.ndarray], degrees: int) -> None:
         stream.set_display_rotation(degrees)
         for frame in stored:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+# A phone's variable frame rate: 40, 20 and 100 ms between frames (17 frames over 0.78 s)
+PHONE_MS = [0, 40, 80, 100, 120, 160, 200, 300, 340, 380, 400, 440, 540, 580, 600, 700, 780]
+
+
+def grey_frames(count: int, step: int) -> list[np.ndarray]:
+    """Frame i is a flat grey of step * i: which frame a decoder returned is read off its value."""
+    return [np.full((HEIGHT, WIDTH, 3), step * i, dtype=np.uint8) for i in range(count)]
+
+
+def write_variable_rate(path: Path, stored: list[np.ndarray], times_ms: list[int]) -> None:
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = stored[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, pts in zip(stored, times_ms, strict=True):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
 
 
@@ -58,3 +82,47 @@ def test_check_compares_a_rotated_target_with_its_control_as_displayed(
     assert {"warning:control_rotation", "error:control_aspect"} <= by_sample[1]
     (message,) = {p["message"] for p in report["problems"] if p["sample"] == 0}
     assert "90°" in message and "0°" in message
+
+
+@pytest.fixture(scope="module")
+def phone_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A variable-frame-rate target; a control rendered frame by frame at 25 fps; one rendered at 50 fps."""
+    root = tmp_path_factory.mktemp("vfr")
+    write_variable_rate(root / "phone.mp4", grey_frames(len(PHONE_MS), 12), PHONE_MS)
+    write_video(root / "pose_per_frame.mp4", grey_frames(len(PHONE_MS), 12), fps=25)
+    write_video(root / "pose_50fps.mp4", grey_frames(40, 6), fps=50)  # frame k at k * 20 ms
+    return root
+
+
+def test_variable_rate_target_with_a_same_length_control_is_a_frame_aligned_pair(
+    capsys: pytest.CaptureFixture[str], phone_pair: Path
+) -> None:
+    assert probe(phone_pair / "phone.mp4").variable_rate
+    assert not probe(phone_pair / "pose_per_frame.mp4").variable_rate
+    report = check(capsys, phone_pair, [("phone.mp4", "pose_per_frame.mp4")])
+    assert codes(report, "error") == set() and "control_fps" not in codes(report, "warning")
+    batch = next(iter(build_loader(loader_config(phone_pair))))
+    indices = batch["frame_indices"][0].numpy()
+    greys = batch["control"][0].float().mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(greys, 12 * indices, atol=3)  # control frame i with target frame i
+
+
+def test_resample_places_control_frames_by_the_targets_real_timestamps(
+    capsys: pytest.CaptureFixture[str], phone_pair: Path
+) -> None:
+    report = check(capsys, phone_pair, [("phone.mp4", "pose_50fps.mp4")], "--control_frame_policy", "resample")
+    assert codes(report, "error") == set()
+    batch = next(iter(build_loader(loader_config(phone_pair, control_frame_policy="resample"))))
+    indices = batch["frame_indices"][0].numpy()
+    greys = batch["control"][0].float().mean(dim=(1, 2, 3)).numpy()
+    at_same_moment = np.array(PHONE_MS)[indices] // 20  # the 50 fps control frame shown at each target frame
+    np.testing.assert_allclose(greys, 6 * at_same_moment, atol=2)
+
+
+def loader_config(root: Path, **overrides: object) -> DataConfig:
+    values = dict(train_data_meta=root / "metadata.json", train_data_dir=root, video_sample_n_frames=13,
+                  video_sample_stride=1, video_length_drop_start=0.0, video_length_drop_end=1.0,
+                  video_sample_size=32, image_sample_size=32, token_sample_size=32, enable_bucket=False,
+                  train_batch_size=1, seed=5)
+    values.update(overrides)
+    return DataConfig(**values)  # type: ignore[arg-type]

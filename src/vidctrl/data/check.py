@@ -164,7 +164,10 @@ def _check_control(index: int, record: Record, target: MediaInfo, control: Media
             else:
                 problems.append(_problem(index, record, f"control video {path} has {control.frames} frames, "
                                          f"the target has {target.frames}", "control_frames", fix, file=path))
-        if not math.isclose(control.fps, target.fps, rel_tol=FPS_TOLERANCE):
+        # Same frame count with a variable frame rate on either side: a pose rendered frame by frame
+        # from a phone's video, at some nominal rate. Frame i matches frame i; the rates say nothing.
+        frame_aligned = control.frames == target.frames and (target.variable_rate or control.variable_rate)
+        if not frame_aligned and not math.isclose(control.fps, target.fps, rel_tol=FPS_TOLERANCE):
             severity = "warning" if resample else "error"
             problems.append(_problem(index, record, f"control video {path} runs at {control.fps:g} fps, "
                                      f"the target at {target.fps:g} fps", "control_fps",

@@ -7,6 +7,7 @@ keyframe before each run of requested frames and decodes forward. Images are one
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -72,6 +73,7 @@ class MediaInfo:
     for a real frame rate. `width` and `height` are the displayed ones: a video whose display matrix
     (or an image whose EXIF orientation) turns it by `rotation` degrees counter-clockwise, a multiple
     of 90, is decoded turned, so a phone's portrait video is portrait everywhere.
+    A variable-frame-rate video's frames are placed in time by `frame_times`, not by `fps`.
     """
 
     kind: Literal["video", "image"]
@@ -80,6 +82,7 @@ class MediaInfo:
     width: int
     height: int
     rotation: int = 0
+    variable_rate: bool = False  # frames of different durations: `fps` is only their average
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
@@ -113,12 +116,18 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
                 pass
         stream = _video_stream(container, path)
         rotation, read = _stream_rotation(container, stream)
+        timestamps: list[int | None] | None = None
         if stream.frames:
             frames = stream.frames
-        elif read is None:  # the first frame did not decode: count the packets from the start
-            frames = _count_packets_of(path)
+            entries = getattr(stream, "index_entries", None)  # mp4: every frame's time, from the header
+            if entries is not None and len(entries) == frames:
+                timestamps = [entry.timestamp for entry in entries]
         else:
-            frames = read + _count_packets(container, stream)
+            if read is None:  # the first frame did not decode: read the packets from the start
+                read = []
+                container.seek(0, backward=True, any_frame=False, stream=stream)
+            timestamps = read + _packet_times(container, stream)
+            frames = len(timestamps)
         if frames <= 0:
             raise MediaError(path, "the video stream has no frames (is the file truncated?)", _COPY_AGAIN)
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -127,7 +136,13 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         if rotation % 180:
             width, height = height, width
         rate = stream.average_rate or stream.guessed_rate
-        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation)
+        times = _seconds(timestamps, stream) if timestamps else None
+        if times is not None:
+            variable = is_variable_rate(times)
+        else:  # FFmpeg's guessed rate divides every timestamp; an average that differs means uneven frames
+            guessed, average = stream.guessed_rate, stream.average_rate
+            variable = bool(guessed and average and abs(float(average) / float(guessed) - 1.0) > 1e-3)
+        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation, variable)
 
 
 def read_frames(
@@ -434,17 +449,19 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
 
 def _stream_rotation(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> tuple[int, int | None]:
-    """(rotation, packets read) from the first decoded frame, which carries the display matrix.
+) -> tuple[int, list[int | None] | None]:
+    """(rotation, timestamps of the packets read) from the first decoded frame, which carries the
+    display matrix.
 
     PyAV exposes the container's display matrix (the `rotate` of older FFmpeg) only on decoded
     frames, so the first one is decoded. A first frame that does not decode leaves the rotation at
-    0 (reading the video reports the damage) and the packet count at None.
+    0 (reading the video reports the damage) and the timestamps at None.
     """
-    read = 0
+    read: list[int | None] = []
     try:
         for packet in container.demux(stream):
-            read += packet.size > 0
+            if packet.size > 0:
+                read.append(packet.pts)
             for frame in packet.decode():
                 return display_rotation(frame), read
         for frame in stream.codec_context.decode(None):  # a one-frame stream is held until flushed
@@ -452,6 +469,54 @@ def _stream_rotation(
     except av.FFmpegError:
         return 0, None
     return 0, read
+
+
+def _packet_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[int | None]:
+    """The presentation timestamps of the remaining packets of `stream` (a file cut short ends them)."""
+    return [packet.pts for packet in _demux_until_error(container, stream, []) if packet.size > 0]
+
+
+def _seconds(timestamps: Sequence[int | None], stream: av.video.stream.VideoStream) -> np.ndarray | None:
+    if any(t is None for t in timestamps) or not stream.time_base:
+        return None
+    ticks = np.sort(np.asarray(timestamps, dtype=np.int64))
+    return (ticks - ticks[0]) * float(stream.time_base)
+
+
+def frame_times(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """When each frame of a video is shown, in seconds from the first frame, in display order.
+
+    Read from the packets' timestamps (demuxed, not decoded), so a variable-frame-rate video's
+    frames are placed where they really are; None when the container gives frames no timestamps.
+    Kept per process for the files seen last, as a loader asks for the same videos every epoch.
+    """
+    path = _existing_file(path)
+    status = path.stat()
+    return _frame_times(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_times(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
+    with _open_container(Path(path)) as container:
+        stream = _video_stream(container, Path(path))
+        times = _seconds(_packet_times(container, stream), stream)
+    if times is not None:
+        times.setflags(write=False)  # shared by every caller of the cache
+    return times
+
+
+def is_variable_rate(times: np.ndarray) -> bool:
+    """Whether frames last different times: an interval off the typical one by over 10% and 1.5 ms.
+
+    The 1.5 ms lets through timestamps rounded to milliseconds (29.97 fps in Matroska alternates
+    33 and 34 ms); phones' variable rates differ by far more.
+    """
+    if len(times) < 3:
+        return False
+    intervals = np.diff(times)
+    typical = float(np.median(intervals))
+    deviation = np.abs(intervals - typical)
+    return bool(((deviation > 0.1 * typical) & (deviation > 1.5e-3)).any())
 
 
 def display_rotation(frame: av.VideoFrame) -> int:
