@@ -115,7 +115,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             except _IMAGE_ERRORS:
                 pass
         stream = _video_stream(container, path)
-        rotation, read = _stream_rotation(container, stream)
+        rotation, read = _stream_rotation(container, stream, path)
         timestamps: list[int | None] | None = None
         if stream.frames:
             frames = stream.frames
@@ -123,9 +123,6 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             if entries is not None and len(entries) == frames:
                 timestamps = [entry.timestamp for entry in entries]
         else:
-            if read is None:  # the first frame did not decode: read the packets from the start
-                read = []
-                container.seek(0, backward=True, any_frame=False, stream=stream)
             timestamps = read + _packet_times(container, stream)
             frames = len(timestamps)
         if frames <= 0:
@@ -448,14 +445,13 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
 
 
 def _stream_rotation(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> tuple[int, list[int | None] | None]:
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> tuple[int, list[int | None]]:
     """(rotation, timestamps of the packets read) from the first decoded frame, which carries the
     display matrix.
 
     PyAV exposes the container's display matrix (the `rotate` of older FFmpeg) only on decoded
-    frames, so the first one is decoded. A first frame that does not decode leaves the rotation at
-    0 (reading the video reports the damage) and the timestamps at None.
+    frames, so the first one is decoded; a video whose first frame does not decode is unusable.
     """
     read: list[int | None] = []
     try:
@@ -466,8 +462,9 @@ def _stream_rotation(
                 return display_rotation(frame), read
         for frame in stream.codec_context.decode(None):  # a one-frame stream is held until flushed
             return display_rotation(frame), read
-    except av.FFmpegError:
-        return 0, None
+    except av.FFmpegError as error:
+        reason = f"FFmpeg cannot decode its first frame ({_ffmpeg_message(error)})"
+        raise MediaError(path, reason, _reencode(path)) from None
     return 0, read
 
 
