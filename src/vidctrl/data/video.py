@@ -454,6 +454,7 @@ def _stream_rotation(
     frames, so the first one is decoded; a video whose first frame does not decode is unusable.
     """
     read: list[int | None] = []
+    stream.codec_context.thread_count = 1  # one frame: decoder threads would only add their start-up
     try:
         for packet in container.demux(stream):
             if packet.size > 0:
