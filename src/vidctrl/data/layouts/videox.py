@@ -171,7 +171,7 @@ class _Reader:
             self._problem(
                 f"line {opened}",
                 f"a quoted value opens on line {opened} and is never closed: the file ends inside it"
-                + (f", so the {last - opened} lines after it would be read as one value and their rows lost"
+                + (f", so the {_lines(last - opened)} after it would be read as one value and their rows lost"
                    if last > opened else ""),
                 "malformed_metadata",
                 'close the quote on that line, or write a literal quote inside a quoted value as ""',
@@ -293,6 +293,10 @@ class _Reader:
         return Problem(
             message=f"{message} ({media})", file=str(self.path), sample=index, where=where, code=code, fix=fix
         )
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 def _unclosed_quote(lines: list[str], first: int) -> int | None:
