@@ -334,7 +334,8 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
     70 * 257 becomes 255), so the rules are spelled out here:
 
     - 16-bit greyscale (`I;16`, `I;16L`, `I;16B`, `I;16N`): 0..65535 maps to 0..255 (value / 257).
-    - `I` (32-bit integers, what some TIFF and PGM readers produce): read as 16-bit, 0..65535;
+    - `I` (32-bit integers, what some TIFF and PGM readers produce) and other integer modes: read as
+      16-bit, 0..65535;
       a value outside that range is an error rather than a guess.
     - `F` (32-bit float): read as 0.0..1.0; NaN, infinities or values outside it are an error.
     - Transparency (`RGBA`, `LA`, `PA`, `P` or `L`/`RGB` with a transparent colour; premultiplied
@@ -343,16 +344,16 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
     - Every other mode (`1`, `L`, `P`, `RGB`, `CMYK`, `YCbCr`, `LAB`, `HSV`) is 8-bit: Pillow's conversion.
     """
     mode = image.mode
-    if mode.startswith("I;16"):
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         grey = np.asarray(image).astype(np.uint32)
         return _grey_to_rgb((grey * 255 + 32767) // 65535)
-    if mode == "I":
+    if mode == "I" or mode.startswith("I;"):  # 32-bit, or a signed or odd-width integer mode
         grey = np.asarray(image).astype(np.int64)
         low, high = (int(grey.min()), int(grey.max())) if grey.size else (0, 0)
         if low < 0 or high > 65535:
             raise ValueError(
-                f"a 32-bit integer image (mode I) with values {low}..{high}: vidctrl reads mode I as "
-                "16-bit (0..65535) and will not guess another range"
+                f"an integer image (mode {mode}) with values {low}..{high}: vidctrl reads integer "
+                "images as 16-bit (0..65535) and will not guess another range"
             )
         return _grey_to_rgb((grey * 255 + 32767) // 65535)
     if mode == "F":
