@@ -335,8 +335,7 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
 
     - 16-bit greyscale (`I;16`, `I;16L`, `I;16B`, `I;16N`): 0..65535 maps to 0..255 (value / 257).
     - `I` (32-bit integers, what some TIFF and PGM readers produce) and other integer modes: read as
-      16-bit, 0..65535;
-      a value outside that range is an error rather than a guess.
+      16-bit, 0..65535; a value outside that range is an error rather than a guess.
     - `F` (32-bit float): read as 0.0..1.0; NaN, infinities or values outside it are an error.
     - Transparency (`RGBA`, `LA`, `PA`, `P` or `L`/`RGB` with a transparent colour; premultiplied
       `RGBa`): composited on black, so a transparent pixel is black whatever colour it stores (what
