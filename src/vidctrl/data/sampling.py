@@ -323,8 +323,9 @@ def control_indices(
     target = np.asarray(target_indices, dtype=np.int64)
     if control_frames <= 0:
         raise ValueError(f"the control has {control_frames} frames")
-    if times is not None and control_times is not None:
-        moments = np.asarray(times, dtype=np.float64)[target]
+    times = None if times is None else np.asarray(times, dtype=np.float64)
+    if times is not None and control_times is not None and target.size and len(times) > target.max():
+        moments = times[target]
         shown = np.asarray(control_times, dtype=np.float64)[:control_frames]
         later = np.clip(np.searchsorted(shown, moments, side="left"), 0, len(shown) - 1)
         earlier = np.clip(later - 1, 0, len(shown) - 1)

@@ -457,7 +457,7 @@ def _stream_rotation(
     stream.codec_context.thread_count = 1  # one frame: decoder threads would only add their start-up
     try:
         for packet in container.demux(stream):
-            if packet.size > 0:
+            if packet.size > 0 and not packet.is_discard:
                 read.append(packet.pts)
             for frame in packet.decode():
                 return display_rotation(frame), read
@@ -471,7 +471,9 @@ def _stream_rotation(
 
 def _packet_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[int | None]:
     """The presentation timestamps of the remaining packets of `stream` (a file cut short ends them)."""
-    return [packet.pts for packet in _demux_until_error(container, stream, []) if packet.size > 0]
+    # A discarded packet (before an mp4 edit list's start) is never shown: it is no frame.
+    packets = _demux_until_error(container, stream, [])
+    return [packet.pts for packet in packets if packet.size > 0 and not packet.is_discard]
 
 
 def _seconds(timestamps: Sequence[int | None], stream: av.video.stream.VideoStream) -> np.ndarray | None:
