@@ -243,6 +243,16 @@ def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path: Path, suffix
     assert read_frames(path, [5], info=info, size=half).shape == (1, *half, 3)
 
 
+def test_metadata_giving_a_rotated_videos_stored_size_is_refused_not_squashed(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"
+    write_rotated(path, scene(6), 90)
+    stale = MediaInfo("video", 6, 24.0, WIDTH, HEIGHT)  # the stored size, as probed before rotation counted
+    with pytest.raises(MediaError, match=rf"metadata gives {WIDTH}x{HEIGHT}.*displayed turned 90°") as caught:
+        read_frames(path, [2], info=stale, size=(HEIGHT, WIDTH))
+    assert "vidctrl data convert" in caught.value.fix
+    assert read_frames(path, [2], info=probe(path)).shape == (1, WIDTH, HEIGHT, 3)
+
+
 def test_read_frames_out_of_range_names_file_index_and_frame_count(
     videos: dict[str, tuple[Path, np.ndarray]],
 ) -> None:

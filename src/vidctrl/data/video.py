@@ -671,22 +671,27 @@ def _read_video(path: Path, wanted: list[int], info: MediaInfo | None, size: tup
             timing = None
         if timing is not None:
             try:
-                return _decode_by_seeking(path, container, stream, timing, wanted, frames, size)
+                return _decode_by_seeking(path, container, stream, timing, wanted, frames, size, info)
             except _UnreliableTiming:
                 pass
-    return _decode_sequentially(path, wanted, frames, size)
+    return _decode_sequentially(path, wanted, frames, size, info)
 
 
 class _Output:
     """The decoded frames at the sorted, unique requested indices."""
 
-    def __init__(self, path: Path, count: int, size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, path: Path, count: int, size: tuple[int, int] | None = None, info: MediaInfo | None = None
+    ) -> None:
         self.path = path
         self.array: np.ndarray | None = None
         self.count = count
         self.size = size
+        self.info = info
 
     def put(self, slot: int, frame: av.VideoFrame) -> None:
+        if self.array is None and self.info is not None:
+            _check_displayed_size(self.path, frame, self.info)
         rgb = frame_to_rgb(frame, self.size)
         if self.array is None:
             self.array = np.empty((self.count, *rgb.shape), dtype=np.uint8)
@@ -694,6 +699,20 @@ class _Output:
             reason = f"the frame size changes mid-stream ({self.array.shape[1:3]} to {rgb.shape[:2]})"
             raise MediaError(self.path, reason, _reencode(self.path))
         self.array[slot] = rgb
+
+
+def _check_displayed_size(path: Path, frame: av.VideoFrame, info: MediaInfo) -> None:
+    """Refuse a manifest that gives a turned video's stored size: its crops would squash every frame."""
+    rotation = display_rotation(frame)
+    stored = (frame.width, frame.height)
+    if rotation % 180 and stored == (info.width, info.height) and frame.width != frame.height:
+        raise MediaError(
+            path,
+            f"the metadata gives {info.width}x{info.height}, the size it is stored at, but it is displayed turned "
+            f"{rotation}° ({info.height}x{info.width}); sizes probed before vidctrl applied rotation",
+            "regenerate the manifest from the source metadata (`vidctrl data convert --to manifest`), or drop "
+            "the width and height the metadata declares",
+        )
 
 
 def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -774,8 +793,9 @@ def _decode_by_seeking(
     wanted: list[int],
     frames: int,
     size: tuple[int, int] | None = None,
+    info: MediaInfo | None = None,
 ) -> np.ndarray:
-    output = _Output(path, len(wanted), size)
+    output = _Output(path, len(wanted), size, info)
     keyframes = _Keyframes(stream, frames, timing)
     slot = 0
     decoded: Iterator[tuple[int, av.VideoFrame]] | None = None
@@ -872,8 +892,10 @@ def _consecutive(
         expected += 1
 
 
-def _decode_sequentially(path: Path, wanted: list[int], frames: int, size: tuple[int, int] | None) -> np.ndarray:
-    output = _Output(path, len(wanted), size)
+def _decode_sequentially(
+    path: Path, wanted: list[int], frames: int, size: tuple[int, int] | None, info: MediaInfo | None = None
+) -> np.ndarray:
+    output = _Output(path, len(wanted), size, info)
     slot = 0
     index = -1
     with _open_container(path) as container:
