@@ -126,3 +126,18 @@ def loader_config(root: Path, **overrides: object) -> DataConfig:
                   train_batch_size=1, seed=5)
     values.update(overrides)
     return DataConfig(**values)  # type: ignore[arg-type]
+
+
+def test_training_reads_a_rotated_target_upright_like_its_control(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    blocks = np.random.default_rng(2).integers(0, 256, (9, WIDTH // 8, HEIGHT // 8, 3), dtype=np.uint8)
+    displayed = list(blocks.repeat(8, axis=1).repeat(8, axis=2))  # portrait, 48 high and 32 wide
+    write_rotated(tmp_path / "phone.mp4", [np.ascontiguousarray(np.rot90(f)) for f in displayed], -90)
+    write_video(tmp_path / "pose.mp4", displayed, fps=8)
+    report = check(capsys, tmp_path, [("phone.mp4", "pose.mp4")])
+    assert codes(report, "error") == set()
+    batch = next(iter(build_loader(loader_config(tmp_path, video_sample_n_frames=5))))
+    pixels, control = batch["pixels"][0].float(), batch["control"][0].float()
+    assert pixels.shape == control.shape
+    assert (pixels - control).abs().mean() < 10  # the same picture, the same way up
