@@ -222,7 +222,9 @@ def test_read_frames_decodes_sequentially_when_timestamps_do_not_count_frames(
 # read_frames: errors
 
 
-@pytest.mark.parametrize(("suffix", "degrees"), [(".mp4", 90), (".mp4", -90), (".mkv", 180), (".mp4", 0)])
+@pytest.mark.parametrize(
+    ("suffix", "degrees"), [(".mp4", 90), (".mp4", -90), (".mov", 180), (".mkv", 90), (".mkv", 180), (".mp4", 0)]
+)
 def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path: Path, suffix: str, degrees: int) -> None:
     # 8-pixel blocks survive yuv420p's chroma subsampling; each frame differs, and no turn maps onto another
     blocks = np.random.default_rng(1).integers(0, 256, (12, HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)

@@ -8,6 +8,7 @@ keyframe before each run of requested frames and decodes forward. Images are one
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import stat
@@ -115,7 +116,11 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             except _IMAGE_ERRORS:
                 pass
         stream = _video_stream(container, path)
-        rotation, read = _stream_rotation(container, stream, path)
+        rotation = _mp4_rotation(path) if _is_mp4(container) else None
+        if rotation is None:
+            rotation, read = _stream_rotation(container, stream, path)
+        else:
+            read = []
         timestamps: list[int | None] | None = None
         if stream.frames:
             frames = stream.frames
@@ -467,6 +472,72 @@ def _stream_rotation(
         reason = f"FFmpeg cannot decode its first frame ({_ffmpeg_message(error)})"
         raise MediaError(path, reason, _reencode(path)) from None
     return 0, read
+
+
+def _is_mp4(container: av.container.InputContainer) -> bool:
+    return "mp4" in container.format.name.split(",")
+
+
+def _mp4_rotation(path: Path) -> int | None:
+    """The rotation in the first video track's header (tkhd) of an mp4/mov, read without decoding.
+
+    The matrix is the one FFmpeg turns into the display matrix; its rotation is
+    `-atan2(b, a)` as in `av_display_rotation_get`, rounded to a quarter turn. None when the boxes
+    cannot be read (a compressed or unusual header): the caller decodes a frame instead.
+    """
+    try:
+        with open(path, "rb") as file:
+            moov = _mp4_box(file, b"moov", os.fstat(file.fileno()).st_size)
+        if moov is None:
+            return None
+        for trak in _mp4_children(moov, b"trak"):
+            mdia = next(_mp4_children(trak, b"mdia"), None)
+            hdlr = next(_mp4_children(mdia, b"hdlr"), None) if mdia is not None else None
+            if hdlr is None or hdlr[8:12] != b"vide":
+                continue
+            tkhd = next(_mp4_children(trak, b"tkhd"), None)
+            if tkhd is None:
+                return None
+            offset = 52 if tkhd[0] == 1 else 40  # version 1 has 64-bit times and duration
+            a, b = (int.from_bytes(tkhd[offset + 4 * i : offset + 4 * i + 4], "big", signed=True) for i in (0, 1))
+            if a == 0 and b == 0:
+                return None
+            return round(-math.degrees(math.atan2(b, a)) / 90) % 4 * 90
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def _mp4_box(file: io.BufferedReader, kind: bytes, end: int) -> bytes | None:
+    """The payload of the first top-level box `kind`, skipping the others (mdat may be gigabytes)."""
+    position = 0
+    while position + 8 <= end:
+        file.seek(position)
+        header = file.read(16)
+        size, name = int.from_bytes(header[:4], "big"), header[4:8]
+        start = 8
+        if size == 1:
+            size, start = int.from_bytes(header[8:16], "big"), 16
+        elif size == 0:
+            size = end - position
+        if size < start:
+            return None
+        if name == kind:
+            file.seek(position + start)
+            return file.read(size - start)
+        position += size
+    return None
+
+
+def _mp4_children(payload: bytes, kind: bytes) -> Iterator[bytes]:
+    position = 0
+    while position + 8 <= len(payload):
+        size, name = int.from_bytes(payload[position : position + 4], "big"), payload[position + 4 : position + 8]
+        if size < 8:
+            return
+        if name == kind:
+            yield payload[position + 8 : position + size]
+        position += size
 
 
 def _packet_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[int | None]:
