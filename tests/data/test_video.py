@@ -255,6 +255,20 @@ def test_metadata_giving_a_rotated_videos_stored_size_is_refused_not_squashed(tm
     assert read_frames(path, [2], info=probe(path)).shape == (1, WIDTH, HEIGHT, 3)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_variable_frame_rate_is_probed_from_real_timestamps(tmp_path: Path, suffix: str) -> None:
+    times_ms = [0, 40, 80, 100, 120, 160, 200, 300, 340, 380]
+    path = tmp_path / f"phone{suffix}"
+    write_with_timestamps(path, times_ms)
+    info = probe(path)
+    assert info.variable_rate and info.frames == 10
+    assert info.fps == pytest.approx(10 / 0.42)  # 10 frames over 380 ms plus a typical 40 ms
+    np.testing.assert_allclose(video.frame_times(path), np.array(times_ms) / 1000)
+    steady = tmp_path / f"steady{suffix}"
+    write_video(steady, scene(10), fps=Fraction(30000, 1001))  # NTSC: ms timestamps alternate 33 and 34 ms
+    assert not probe(steady).variable_rate
+
+
 def test_read_frames_out_of_range_names_file_index_and_frame_count(
     videos: dict[str, tuple[Path, np.ndarray]],
 ) -> None:

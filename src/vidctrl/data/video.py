@@ -141,6 +141,8 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         times = _seconds(timestamps, stream) if timestamps else None
         if times is not None:
             variable = is_variable_rate(times)
+            if variable and times[-1] > 0:  # the real average; Matroska's stream rate is a nominal one
+                rate = len(times) / (times[-1] + float(np.median(np.diff(times))))
         else:  # FFmpeg's guessed rate divides every timestamp; an average that differs means uneven frames
             guessed, average = stream.guessed_rate, stream.average_rate
             variable = bool(guessed and average and abs(float(average) / float(guessed) - 1.0) > 1e-3)
