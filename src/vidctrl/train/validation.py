@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 def load_reference(path: str | Path, height: int, width: int) -> torch.Tensor:
     """A reference image as (3, H, W) uint8, resized to cover and centre-cropped."""
     from vidctrl.data.buckets import resize_crop_params
+    from vidctrl.data.video import read_image
 
-    image = Image.open(path).convert("RGB")
+    image = Image.fromarray(read_image(path))  # every image mode mapped to 8-bit RGB by its real range
     resize_h, resize_w, top, left = resize_crop_params(image.height, image.width, height, width)
     image = image.resize((resize_w, resize_h), Image.Resampling.BILINEAR)
     array = np.asarray(image)[top : top + height, left : left + width]
@@ -38,14 +39,14 @@ def load_reference(path: str | Path, height: int, width: int) -> torch.Tensor:
 def load_control(path: str | Path, height: int, width: int, frames: int) -> tuple[torch.Tensor, float]:
     """The first `frames` frames of a control video (or a folder of PNGs) as (F, 3, H, W) uint8."""
     from vidctrl.data.buckets import resize_crop_params
-    from vidctrl.data.video import probe, read_frames
+    from vidctrl.data.video import probe, read_frames, read_image
 
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.png"), key=lambda p: (len(p.stem), p.stem))[:frames]
         if not files:
             raise FileNotFoundError(f"validation control folder {path} holds no .png frames")
-        array = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        array = np.stack([read_image(f) for f in files])
         fps = 8.0
     else:
         info = probe(path)
