@@ -19,7 +19,7 @@ from typing import Any
 
 from vidctrl.data.clips import ClipRules
 from vidctrl.data.records import Problem, Record
-from vidctrl.data.video import MediaError, MediaInfo, probe, verify_decodable
+from vidctrl.data.video import MediaError, MediaInfo, probe
 
 ASPECT_TOLERANCE = 0.02  # relative; pose renders of the same video differ by rounding at most
 FPS_TOLERANCE = 1e-3
@@ -73,9 +73,7 @@ def _probe(index: int, record: Record, path: str, role: str, deep: bool, out: li
         )
         return None
     try:
-        info = probe(path)
-        if deep and info.kind == "video":
-            verify_decodable(path, info)
+        info = probe(path, verify=deep)  # one open for the header and the end of the file
     except MediaError as exc:
         code = "truncated" if "truncated" in str(exc) else ("empty" if "empty" in str(exc) or "zero" in str(exc) else "unreadable")
         out.append(_problem(index, record, f"{role} {exc.reason}", code, exc.fix, file=path))
