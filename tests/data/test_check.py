@@ -87,7 +87,8 @@ def test_every_broken_sample_is_reported_with_its_file(
     (root / "metadata.json").write_text(json.dumps(entries))
 
     code, report = run_check(capsys, root / "metadata.json", root, "--video_length_drop_start", "0",
-                             "--video_length_drop_end", "1", "--video_sample_stride", "2")
+                             "--video_length_drop_end", "1", "--video_sample_stride", "2",
+                             "--require_captions", "true")
     assert code == 1 and not report["ok"]
     found: dict[int, set[str]] = {}
     for problem in report["problems"]:
