@@ -247,10 +247,14 @@ def _inspect_chunk(args: tuple[Sequence[tuple[int, Record]], InspectSettings]) -
 
 
 def inspect_records(
-    records: Sequence[Record], settings: InspectSettings, *, workers: int | None = None, chunk_size: int = 16
+    records: Sequence[Record], settings: InspectSettings, *, workers: int | None = None, chunk_size: int = 16,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[Inspection]:
-    """Inspect records in parallel worker processes, yielding results in record order."""
-    items = list(enumerate(records))
+    """Inspect records in parallel worker processes, yielding results in record order.
+
+    `indices`: the sample numbers of `records` (when they are a subset of a dataset), for messages.
+    """
+    items = list(zip(indices, records, strict=True)) if indices is not None else list(enumerate(records))
     chunks = [(items[i : i + chunk_size], settings) for i in range(0, len(items), chunk_size)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     if workers <= 1 or len(chunks) <= 1:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 from torch.utils.data import DataLoader
 
-from vidctrl.data.check import InspectSettings, inspect_records, record_problems
+from vidctrl.data.check import InspectSettings, inspect_record, inspect_records, record_problems
 from vidctrl.data.clips import ClipRules
 from vidctrl.data.config import DataConfig
 from vidctrl.data.dataset import ClipDataset, collate_clips
@@ -99,10 +99,17 @@ def _validate(records: list[Record], settings: InspectSettings, workers: int | N
         log.info("probing %d files for their frames, fps and size; `vidctrl data convert --to manifest` "
                  "stores this once so that runs start at once", unprobed_count)
     problems = record_problems(records, require_captions=False)
-    probed: list[dict[str, Any]] = []
-    for inspection in inspect_records(records, settings, workers=workers):
+    probed: list[dict[str, Any]] = [{} for _ in records]
+    # Records with stored facts (a manifest) open no media file: inspected here, not in a worker pool.
+    stored = [i for i, r in enumerate(records) if settings.trust_probed and r.probed]
+    todo = [i for i, r in enumerate(records) if not (settings.trust_probed and r.probed)]
+    inspections = [inspect_record(i, records[i], settings) for i in stored]
+    if todo:
+        inspections += inspect_records([records[i] for i in todo], settings, workers=workers, indices=todo)
+    for inspection in inspections:
         problems += inspection.problems
-        probed.append(inspection.probed_fields())
+        probed[inspection.index] = inspection.probed_fields()
+    problems.sort(key=lambda p: p.sample if p.sample is not None else -1)
     return _Findings(probed, problems)
 
 
