@@ -21,7 +21,7 @@ from vidctrl.data.clips import ClipRules
 from vidctrl.data.config import DataConfig
 from vidctrl.data.dataset import ClipDataset, collate_clips
 from vidctrl.data.manifest import Manifest
-from vidctrl.data.records import DataError, Problem, Record
+from vidctrl.data.records import PROBED_FIELDS, DataError, Problem, Record
 from vidctrl.data.sampler import BucketBatchSampler
 from vidctrl.data.sampling import repeat_indices
 from vidctrl.data.shapes import BucketShaper
@@ -71,12 +71,12 @@ def load_manifest(config: DataConfig, *, workers: int | None = None, hand_boxes:
     if strict and errors:
         more = f" (and {len(errors) - 1} more; run `vidctrl data check` with the same flags)" if len(errors) > 1 else ""
         raise DataError(dataclasses.replace(errors[0], message=errors[0].message + more,
-                                            fix=errors[0].fix or "or train with --bad_sample_policy lenient to skip it"))
+                                            fix=errors[0].fix or "train with --bad_sample_policy lenient to leave it out"))
     excluded: dict[int | None, Problem] = {}
     for problem in errors:  # one problem (the first) per sample left out
         excluded.setdefault(problem.sample, problem)
     bad = set(excluded)
-    usable = [dataclasses.replace(r, **findings.probed[i]) for i, r in enumerate(records) if i not in bad]
+    usable = [dataclasses.replace(r, **findings.fields(i)) for i, r in enumerate(records) if i not in bad]
     if not usable:
         raise DataError("no usable samples: every record has a problem; run `vidctrl data check` with the same flags")
     if errors:
@@ -87,10 +87,14 @@ def load_manifest(config: DataConfig, *, workers: int | None = None, hand_boxes:
 
 @dataclass
 class _Findings:
-    """What probing and validating the records found: per record, the probed fields, and the problems."""
+    """What probing and validating the records found: per record, the probed fields (as a tuple in
+    `PROBED_FIELDS` order: it crosses to every rank, so it is kept small), and the problems."""
 
-    probed: list[dict[str, Any]]
+    probed: list[tuple[Any, ...]]
     problems: list[Problem]
+
+    def fields(self, index: int) -> dict[str, Any]:
+        return {k: v for k, v in zip(PROBED_FIELDS, self.probed[index], strict=True) if v is not None}
 
 
 def _validate(records: list[Record], settings: InspectSettings, workers: int | None) -> _Findings:
@@ -99,7 +103,7 @@ def _validate(records: list[Record], settings: InspectSettings, workers: int | N
         log.info("probing %d files for their frames, fps and size; `vidctrl data convert --to manifest` "
                  "stores this once so that runs start at once", unprobed_count)
     problems = record_problems(records, require_captions=False)
-    probed: list[dict[str, Any]] = [{} for _ in records]
+    probed: list[tuple[Any, ...]] = [(None,) * len(PROBED_FIELDS)] * len(records)
     # Records with stored facts (a manifest) open no media file: inspected here, not in a worker pool.
     stored = [i for i, r in enumerate(records) if settings.trust_probed and r.probed]
     todo = [i for i, r in enumerate(records) if not (settings.trust_probed and r.probed)]
@@ -108,7 +112,8 @@ def _validate(records: list[Record], settings: InspectSettings, workers: int | N
         inspections += inspect_records([records[i] for i in todo], settings, workers=workers, indices=todo)
     for inspection in inspections:
         problems += inspection.problems
-        probed[inspection.index] = inspection.probed_fields()
+        found = inspection.probed_fields()
+        probed[inspection.index] = tuple(found.get(k) for k in PROBED_FIELDS)
     problems.sort(key=lambda p: p.sample if p.sample is not None else -1)
     return _Findings(probed, problems)
 
