@@ -87,7 +87,8 @@ def test_every_broken_sample_is_reported_with_its_file(
     (root / "metadata.json").write_text(json.dumps(entries))
 
     code, report = run_check(capsys, root / "metadata.json", root, "--video_length_drop_start", "0",
-                             "--video_length_drop_end", "1", "--video_sample_stride", "2")
+                             "--video_length_drop_end", "1", "--video_sample_stride", "2",
+                             "--require_captions", "true")
     assert code == 1 and not report["ok"]
     found: dict[int, set[str]] = {}
     for problem in report["problems"]:
@@ -126,3 +127,21 @@ def test_check_runs_samples_in_parallel_processes(capsys: pytest.CaptureFixture[
     code = main(["data", "check", "--train_data_meta", str(clean_dataset / "metadata.json"), "--train_data_dir",
                  str(clean_dataset), "--workers", "2", "--video_sample_n_frames", "9", "--video_sample_stride", "1"])
     assert code == 0 and capsys.readouterr().out.strip().endswith("ok")
+
+
+def test_check_opens_each_video_once(clean_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header probe and the end-of-file check share one open container per file."""
+    import av
+
+    from vidctrl.data.check import InspectSettings, inspect_record
+    from vidctrl.data.clips import ClipRules
+    from vidctrl.data.layouts import read_layout
+
+    records = read_layout("videox", clean_dataset / "metadata.json", root=clean_dataset).records
+    video = next(r for r in records if r.kind == "video")
+    opened: list[str] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(str(a[0])) or real_open(*a, **k))
+    inspection = inspect_record(0, video, InspectSettings(rules=ClipRules.permissive(), deep=True))
+    assert inspection.problems == [] and inspection.target is not None and inspection.control is not None
+    assert sorted(opened) == sorted([video.media, video.control])

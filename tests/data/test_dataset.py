@@ -99,8 +99,9 @@ def test_images_are_one_frame_clips_in_their_own_batches(dataset: Path) -> None:
     assert kinds == {True, False}
 
 
-def test_hand_boxes_come_with_meta_info(dataset: Path) -> None:
-    videos = [b for b in build_loader(config(dataset)) if b["pixels"].shape[1] > 1]
+def test_hand_boxes_come_with_meta_info_for_a_preset_that_weighs_hands(dataset: Path) -> None:
+    assert all("hand_boxes" not in b for b in build_loader(config(dataset)))  # meta_info not read
+    videos = [b for b in build_loader(config(dataset), hand_boxes=True) if b["pixels"].shape[1] > 1]
     assert videos, "the sample dataset has video batches"
     for batch in videos:
         frames = batch["pixels"].shape[1]

@@ -325,6 +325,39 @@ def test_truncated_mp4_with_index_first_is_caught_by_verify_decodable(tmp_path: 
     assert truncated.name in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["faststart.mp4", "h264.mkv"])
+def test_probe_with_verify_opens_the_file_once_and_catches_truncation(
+    videos: dict[str, tuple[Path, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    if name == "faststart.mp4":
+        path = tmp_path / name
+        write_faststart_mp4(path)
+    else:
+        path = videos[name][0]
+    opened: list[str] = []
+    real_open = video.av.open
+    monkeypatch.setattr(video.av, "open", lambda *a, **k: opened.append(str(a[0])) or real_open(*a, **k))
+    assert probe(path, verify=True) == probe(path)
+    opened.clear()
+    probe(path, verify=True)
+    assert opened == [str(path)]
+    truncated = cut(path, 0.5)
+    with pytest.raises(MediaError, match="truncated") as caught:
+        probe(truncated, verify=True)
+    assert truncated.name in str(caught.value)
+
+
+def test_probe_with_verify_decodes_images_and_names_a_truncated_one(tmp_path: Path) -> None:
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    assert probe(path, verify=True).kind == "image"
+    truncated = cut(path, 0.6)
+    with pytest.raises(MediaError, match="truncated") as caught:
+        probe(truncated, verify=True)
+    assert truncated.name in str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["h264.mkv", "vp9.webm"])
 def test_truncated_matroska_is_caught_by_verify_decodable(
     videos: dict[str, tuple[Path, np.ndarray]], name: str

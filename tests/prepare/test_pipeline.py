@@ -149,7 +149,7 @@ def test_each_layout_passes_check_and_the_loader_reads_it(
     assert all(r.caption and "\n" not in r.caption for r in report.records)
     result = check(capsys, layout, prepared)
     assert result["summary"]["good_samples"] == 3
-    batch = next(iter(build_loader(data_config(layout, prepared))))
+    batch = next(iter(build_loader(data_config(layout, prepared), hand_boxes=layout == "controlnext")))
     assert batch["pixels"].dtype == torch.uint8 and batch["control"].shape == batch["pixels"].shape
     assert batch["pixels"].shape[1] == 5
     if layout == "controlnext":
@@ -237,8 +237,12 @@ def test_pose_videos_draw_the_known_keypoints_of_the_sample_figure(
 
 
 def test_frames_are_decoded_once_and_clips_cut_and_resampled(
-    tmp_path: Path, raw_videos: Path, pose_model_dir: Path
+    tmp_path: Path, raw_videos: Path, pose_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from vidctrl.prepare import pipeline
+
+    reported: list[tuple[str, int]] = []
+    monkeypatch.setattr(pipeline, "_frame_progress", reported.append)  # what the progress bar is told
     # video_001: 13 frames at 12 fps -> 7 frames at 6 fps -> clips of 4 and 3
     pose = PoseSettings(
         str(pose_model_dir / "yolox_l.onnx"), str(pose_model_dir / "dw-ll_ucoco_384.onnx"), threads=1
@@ -253,6 +257,8 @@ def test_frames_are_decoded_once_and_clips_cut_and_resampled(
     )
     result = process_video(job)
     assert result.error is None and result.frames_decoded == 13
+    assert sum(n for kind, n in reported if kind == "total") == 13  # the bar counts frames
+    assert sum(n for kind, n in reported if kind == "frames") == 13
     assert [c.name for c in result.clips] == ["takes__video_001_clip000", "takes__video_001_clip001"]
     for clip, frames in zip(result.clips, (4, 3), strict=True):
         for path in (clip.media, clip.control):
@@ -430,12 +436,45 @@ def test_controlnext_data_needs_no_captions_and_other_settings_need_overwrite(
 
 
 @pytest.mark.slow
+class RecordingBar:
+    """Stands in for tqdm: what a progress bar was told."""
+
+    def __init__(self, **options: object) -> None:
+        self.options, self.total, self.n, self.postfix = options, int(options.get("total", 0)), 0, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+
+RAW_FRAMES = 9 + 13 + 11  # the three raw sample videos (conftest.sample_videos)
+
+
+def recording_bars(monkeypatch: pytest.MonkeyPatch) -> list[RecordingBar]:
+    from vidctrl.prepare import pipeline
+
+    bars: list[RecordingBar] = []
+    monkeypatch.setattr(pipeline, "_bar", lambda enabled, **options: bars.append(RecordingBar(**options)) or bars[-1])
+    return bars
+
+
 def test_worker_processes_write_the_same_dataset(
-    tmp_path: Path, prepared: Path, raw_videos: Path, pose_model_dir: Path
+    tmp_path: Path, prepared: Path, raw_videos: Path, pose_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    bars = recording_bars(monkeypatch)
     out = tmp_path / "out"
-    report = prepare_dataset(settings(raw_videos, out, pose_model_dir, workers=2), progress=False)
+    report = prepare_dataset(settings(raw_videos, out, pose_model_dir, workers=2), progress=True)
     assert report.ok and report.processed == 3
+    (bar,) = [b for b in bars if b.options.get("desc") == "poses"]
+    assert bar.n == bar.total == RAW_FRAMES  # frames decoded in the workers reach the bar
     for name in CLIPS:
         ours = json.loads((out / "meta_info" / f"{name}.json").read_text())
         single = json.loads((prepared / "meta_info" / f"{name}.json").read_text())

@@ -108,8 +108,10 @@ class Plan:
 def plan_epoch_zero(config: Any, family: Any, *, rank: int, world_size: int) -> Plan:
     from vidctrl.data.loader import build_loader, load_manifest
 
-    loaded = load_manifest(config.data)
+    hand_boxes = bool(getattr(family, "uses_hand_boxes", False))  # as the trainer reads them
+    loaded = load_manifest(config.data, hand_boxes=hand_boxes)
     loader = build_loader(config.data, rank=rank, world_size=world_size, frame_multiple=family.frame_multiple,
+                          hand_boxes=hand_boxes,
                           loaded=loaded)
     sampler = loader.sampler
     requests = [r for step in range(len(sampler.schedule(0))) for r in sampler.global_requests(0, step)]

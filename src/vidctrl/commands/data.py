@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vidctrl.config.fields import add_arguments, build, given
+from vidctrl.config.fields import add_arguments, build, given, parse_bool
 from vidctrl.data.config import DataConfig
 
 LAYOUT_CHOICES = ("videox", "dynamictrl", "controlnext", "manifest")
@@ -34,7 +34,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     check.add_argument("--workers", type=int, default=None, help="processes that inspect samples")
     check.add_argument("--require_captions", type=_bool_or_auto, default="auto",
-                       help="report missing captions (auto: yes, except for ControlNeXt data, which has none)")
+                       help="missing captions: true reports them as errors; auto (the default) as warnings, "
+                       "since training trains them with an empty caption, and not at all for ControlNeXt "
+                       "data, which has none")
+    check.add_argument("--hand_boxes", type=parse_bool, default=False,
+                       help="validate ControlNeXt meta_info (hand boxes and scores per frame), as training "
+                       "does for a preset that weighs hands; no preset does yet")
     check.set_defaults(func=run_check)
 
     plan = sub.add_parser("plan", help="print the size -> frames -> tokens table training will use")
@@ -108,13 +113,14 @@ def run_check(args: argparse.Namespace) -> int:
     imported = load_dataset(config)
     require_captions = args.require_captions
     if require_captions == "auto":
-        require_captions = imported.layout != "controlnext"
+        require_captions = None if imported.layout != "controlnext" else False
     rules = ClipRules.from_config(config, layout=imported.layout)
     report = check_records(
         imported.records,
-        InspectSettings(rules=rules, control_frame_policy=config.control_frame_policy),
+        InspectSettings(rules=rules, control_frame_policy=config.control_frame_policy,
+                        hand_boxes=args.hand_boxes),
         import_problems=imported.problems,
-        require_captions=bool(require_captions),
+        require_captions=require_captions,
         workers=args.workers,
     )
     if args.json:

@@ -7,7 +7,7 @@ becomes one `Problem` line naming its file; the check itself never crashes on ba
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
 from collections import Counter
@@ -18,8 +18,8 @@ from multiprocessing import get_context
 from typing import Any
 
 from vidctrl.data.clips import ClipRules
-from vidctrl.data.records import Problem, Record
-from vidctrl.data.video import MediaError, MediaInfo, probe, verify_decodable
+from vidctrl.data.records import DataError, Problem, Record
+from vidctrl.data.video import MediaError, MediaInfo, probe
 
 ASPECT_TOLERANCE = 0.02  # relative; pose renders of the same video differ by rounding at most
 FPS_TOLERANCE = 1e-3
@@ -32,6 +32,11 @@ class InspectSettings:
     rules: ClipRules
     control_frame_policy: str = "error"
     deep: bool = True  # decode the end of each video to catch truncation
+    # Validate ControlNeXt meta_info (hand boxes and scores, one entry per frame): only a preset that
+    # weighs hands reads it, so only then is a bad one a bad sample.
+    hand_boxes: bool = False
+    # Take a record's stored frames/fps/size (a manifest) as the file's instead of opening it again.
+    trust_probed: bool = False
 
 
 @dataclass
@@ -73,9 +78,7 @@ def _probe(index: int, record: Record, path: str, role: str, deep: bool, out: li
         )
         return None
     try:
-        info = probe(path)
-        if deep and info.kind == "video":
-            verify_decodable(path, info)
+        info = probe(path, verify=deep)  # one open for the header and the end of the file
     except MediaError as exc:
         code = "truncated" if "truncated" in str(exc) else ("empty" if "empty" in str(exc) or "zero" in str(exc) else "unreadable")
         out.append(_problem(index, record, f"{role} {exc.reason}", code, exc.fix, file=path))
@@ -83,23 +86,36 @@ def _probe(index: int, record: Record, path: str, role: str, deep: bool, out: li
     return info
 
 
+def _stored(record: Record, prefix: str) -> MediaInfo | None:
+    """The media facts a record already holds (`prefix` "" for the target, "control_" for the control)."""
+    frames, fps = getattr(record, f"{prefix}frames"), getattr(record, f"{prefix}fps")
+    width, height = getattr(record, f"{prefix}width"), getattr(record, f"{prefix}height")
+    if frames is None or width is None or height is None:
+        return None
+    return MediaInfo(record.kind, frames, fps or 0.0, width, height)
+
+
 def inspect_record(index: int, record: Record, settings: InspectSettings) -> Inspection:
     """Everything a check knows about one sample; never raises on bad data."""
     result = Inspection(index)
     problems = result.problems
     try:
-        target = _probe(index, record, record.media, "target", settings.deep, problems)
+        target = _stored(record, "") if settings.trust_probed else None
+        if target is None:
+            target = _probe(index, record, record.media, "target", settings.deep, problems)
         result.target = target
         if target is not None:
             _check_target(index, record, target, settings, problems)
         if record.control:
-            control = _probe(index, record, record.control, "control", settings.deep, problems)
+            control = _stored(record, "control_") if settings.trust_probed else None
+            if control is None:
+                control = _probe(index, record, record.control, "control", settings.deep, problems)
             result.control = control
             if target is not None and control is not None:
                 _check_control(index, record, target, control, settings, problems)
         if record.camera:
             _check_camera(index, record, target, problems)
-        if record.meta_info:
+        if record.meta_info and settings.hand_boxes:
             _check_meta_info(index, record, target, problems)
     except Exception as exc:  # a check must report, not crash; the message still names the sample
         problems.append(_problem(index, record, f"could not be inspected: {type(exc).__name__}: {exc}",
@@ -124,7 +140,7 @@ def _check_target(index: int, record: Record, info: MediaInfo, settings: Inspect
                          "metadata_mismatch", "regenerate the metadata (vidctrl data convert probes every file)")
             )
     if info.kind == "video":
-        available = settings.rules.available_frames(info.frames)
+        available = _available_frames(settings.rules, info.frames)
         needed = settings.rules.min_frames
         if available < needed:
             problems.append(
@@ -138,6 +154,12 @@ def _check_target(index: int, record: Record, info: MediaInfo, settings: Inspect
                          f"of the {settings.rules.n_frames} requested, which shortens every batch it lands in",
                          "short_video", "lower --video_sample_n_frames or drop short videos", severity="warning")
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _available_frames(rules: ClipRules, frames: int) -> int:
+    """`rules.available_frames`, once per frame count: a million-record manifest has a few hundred."""
+    return int(rules.available_frames(frames))
 
 
 def _check_control(index: int, record: Record, target: MediaInfo, control: MediaInfo, settings: InspectSettings,
@@ -213,26 +235,24 @@ def _check_camera(index: int, record: Record, target: MediaInfo | None, problems
 
 
 def _check_meta_info(index: int, record: Record, target: MediaInfo | None, problems: list[Problem]) -> None:
+    """ControlNeXt hand boxes and scores: read by the same function the training dataset reads them with."""
+    from vidctrl.data.layouts.controlnext import load_frame_meta
+
     path = record.meta_info
     assert path is not None
     fix = "regenerate it with `vidctrl data prepare` or remove meta_info from the entry"
-    if not os.path.exists(path):
-        problems.append(_problem(index, record, f"meta_info file {path} does not exist", "missing_file", fix, file=path))
-        return
     try:
-        with open(path, encoding="utf-8") as handle:
-            entries = json.load(handle)
-    except json.JSONDecodeError as exc:
-        problems.append(_problem(index, record, f"meta_info {path} line {exc.lineno} column {exc.colno}: {exc.msg}",
-                                 "malformed_metadata", fix, file=path))
+        entries = load_frame_meta(path)
+    except DataError as exc:
+        problem = exc.problem
+        where = f" {problem.where}" if problem.where else ""
+        problems.append(_problem(index, record, f"meta_info {path}{where}: {problem.message}", problem.code,
+                                 problem.fix or fix, file=path))
         return
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(_problem(index, record, f"meta_info {path} cannot be read: {exc}", "unreadable", fix, file=path))
         return
-    if not isinstance(entries, list):
-        problems.append(_problem(index, record, f"meta_info {path} must be a list with one entry per frame",
-                                 "malformed_metadata", fix, file=path))
-    elif target is not None and target.kind == "video" and len(entries) != target.frames:
+    if target is not None and target.kind == "video" and len(entries) != target.frames:
         problems.append(_problem(index, record, f"meta_info {path} has {len(entries)} entries, the video has "
                                  f"{target.frames} frames", "meta_info_frames", fix, file=path))
 
@@ -243,10 +263,14 @@ def _inspect_chunk(args: tuple[Sequence[tuple[int, Record]], InspectSettings]) -
 
 
 def inspect_records(
-    records: Sequence[Record], settings: InspectSettings, *, workers: int | None = None, chunk_size: int = 16
+    records: Sequence[Record], settings: InspectSettings, *, workers: int | None = None, chunk_size: int = 16,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[Inspection]:
-    """Inspect records in parallel worker processes, yielding results in record order."""
-    items = list(enumerate(records))
+    """Inspect records in parallel worker processes, yielding results in record order.
+
+    `indices`: the sample numbers of `records` (when they are a subset of a dataset), for messages.
+    """
+    items = list(zip(indices, records, strict=True)) if indices is not None else list(enumerate(records))
     chunks = [(items[i : i + chunk_size], settings) for i in range(0, len(items), chunk_size)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     if workers <= 1 or len(chunks) <= 1:
@@ -259,8 +283,13 @@ def inspect_records(
             yield from inspections
 
 
-def record_problems(records: Sequence[Record], *, require_captions: bool) -> list[Problem]:
-    """Problems visible without opening any file: captions and duplicate entries."""
+def record_problems(records: Sequence[Record], *, require_captions: bool | None = None) -> list[Problem]:
+    """Problems visible without opening any file: captions and duplicate entries.
+
+    Training leaves out (lenient) or stops on (strict) the same ones: a duplicate's later entries and
+    a caption that is not text. A missing caption trains as an empty one (as text dropout does), so
+    it is a warning, unless `require_captions` is True (an error) or False (not reported).
+    """
     problems: list[Problem] = []
     first_seen: dict[tuple[str, str | None, str | None], int] = {}
     for index, record in enumerate(records):
@@ -274,9 +303,10 @@ def record_problems(records: Sequence[Record], *, require_captions: bool) -> lis
         if caption is not None and not isinstance(caption, str):
             problems.append(_problem(index, record, f"caption is {type(caption).__name__} {caption!r}, not text",
                                      "caption_not_text", "write the caption as a JSON string"))
-        elif require_captions and (caption is None or not caption.strip()):
+        elif require_captions is not False and (caption is None or not caption.strip()):
             problems.append(_problem(index, record, "caption is missing", "caption_missing",
-                                     "add a caption (text) for this sample"))
+                                     "add a caption (text) for this sample",
+                                     severity="error" if require_captions else "warning"))
     return problems
 
 
@@ -319,7 +349,7 @@ def check_records(
     settings: InspectSettings,
     *,
     import_problems: Iterable[Problem] = (),
-    require_captions: bool = True,
+    require_captions: bool | None = None,
     workers: int | None = None,
 ) -> CheckReport:
     problems = list(import_problems)

@@ -65,11 +65,13 @@ class ClipDataset(Dataset):
         *,
         control_frame_policy: str = "error",
         strict: bool = False,
+        hand_boxes: bool = False,
     ) -> None:
         self.manifest = manifest
         self.rules = rules
         self.control_frame_policy = control_frame_policy
         self.strict = strict
+        self.hand_boxes = hand_boxes  # read meta_info (a preset that weighs hands); otherwise ignore it
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -131,7 +133,7 @@ class ClipDataset(Dataset):
             sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float64))
             g = geometry
             sample["camera_geometry"] = torch.tensor([g.resize_h, g.resize_w, g.top, g.left, g.height, g.width])
-        if record.meta_info:
+        if record.meta_info and self.hand_boxes:
             sample.update(self._hand_boxes(record, indices, geometry))
         return sample
 

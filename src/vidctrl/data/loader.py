@@ -7,20 +7,21 @@ counts the batches the consumer actually took (not the ones DataLoader workers p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch.utils.data import DataLoader
 
+from vidctrl.data.check import InspectSettings, inspect_record, inspect_records, record_problems
 from vidctrl.data.clips import ClipRules
 from vidctrl.data.config import DataConfig
 from vidctrl.data.dataset import ClipDataset, collate_clips
 from vidctrl.data.manifest import Manifest
-from vidctrl.data.probe import probe_into
-from vidctrl.data.records import DataError, Problem, Record
+from vidctrl.data.records import PROBED_FIELDS, DataError, Problem, Record
 from vidctrl.data.sampler import BucketBatchSampler
 from vidctrl.data.sampling import repeat_indices
 from vidctrl.data.shapes import BucketShaper
@@ -37,43 +38,116 @@ class LoadedDataset:
     excluded: list[Problem] = field(default_factory=list)
 
 
-def load_manifest(config: DataConfig, *, workers: int | None = None) -> LoadedDataset:
+def load_manifest(config: DataConfig, *, workers: int | None = None, hand_boxes: bool = False) -> LoadedDataset:
     """Import the dataset named by the flags, probe what is unprobed, drop (or refuse) bad records.
 
-    Strict mode raises on the first problem; lenient mode leaves the record out and reports it.
-    Either way no record is replaced by another.
+    A sample is bad by the same rules, and the same functions, as `vidctrl data check` applies
+    (`vidctrl.data.check`): strict mode raises on the first bad sample, lenient mode leaves every bad
+    one out and reports it. Either way no record is replaced by another. `hand_boxes`: the preset
+    reads ControlNeXt meta_info, so a bad one is a bad sample.
+
+    Under torch.distributed only rank 0 opens the files; the other ranks receive its findings, so
+    a dataset on shared storage is probed once, not once per GPU, and every rank keeps the same records.
     """
     from vidctrl.data.layouts import load_dataset
 
     imported = load_dataset(config)
     strict = config.bad_sample_policy == "strict"
-    if strict:
-        imported.raise_for_errors()
-    errors = [p for p in imported.problems if p.severity == "error"]
-    if any(p.sample is None for p in errors):
+    import_errors = [p for p in imported.problems if p.severity == "error"]
+    if (strict and import_errors) or any(p.sample is None for p in import_errors):
         # A metadata file that cannot be parsed as a whole is never "lenient".
         imported.raise_for_errors()
-    bad = {p.sample for p in errors}
-    records: list[Record] = [r for i, r in enumerate(imported.records) if i not in bad]
+    settings = InspectSettings(
+        rules=ClipRules.from_config(config, layout=imported.layout),
+        control_frame_policy=config.control_frame_policy,
+        deep=False,  # decoding each file's end is `data check`'s; a truncated file is skipped when read
+        hand_boxes=hand_boxes,
+        trust_probed=True,
+    )
+    records = imported.records
+    findings = on_main_process(lambda: _validate(records, settings, workers))
+    errors = sorted(import_errors + [p for p in findings.problems if p.severity == "error"],
+                    key=lambda p: p.sample if p.sample is not None else -1)
+    if strict and errors:
+        more = f" (and {len(errors) - 1} more; run `vidctrl data check` with the same flags)" if len(errors) > 1 else ""
+        raise DataError(dataclasses.replace(errors[0], message=errors[0].message + more,
+                                            fix=errors[0].fix or "train with --bad_sample_policy lenient to leave it out"))
+    excluded: dict[int | None, Problem] = {}
+    for problem in errors:  # one problem (the first) per sample left out
+        excluded.setdefault(problem.sample, problem)
+    bad = set(excluded)
+    usable = [dataclasses.replace(r, **findings.fields(i)) for i, r in enumerate(records) if i not in bad]
+    if not usable:
+        raise DataError("no usable samples: every record has a problem; run `vidctrl data check` with the same flags")
+    if errors:
+        log.warning("left out %d of %d samples with problems (run `vidctrl data check` for details)",
+                    len(bad), len(records))
+    return LoadedDataset(Manifest.from_records(usable), imported.layout, excluded=list(excluded.values()))
+
+
+@dataclass
+class _Findings:
+    """What probing and validating the records found: per record, the probed fields (as a tuple in
+    `PROBED_FIELDS` order: it crosses to every rank, so it is kept small), and the problems."""
+
+    probed: list[tuple[Any, ...]]
+    problems: list[Problem]
+
+    def fields(self, index: int) -> dict[str, Any]:
+        return {k: v for k, v in zip(PROBED_FIELDS, self.probed[index], strict=True) if v is not None}
+
+
+def _validate(records: list[Record], settings: InspectSettings, workers: int | None) -> _Findings:
     unprobed_count = sum(not r.probed for r in records)
     if unprobed_count > 1000:
         log.info("probing %d files for their frames, fps and size; `vidctrl data convert --to manifest` "
                  "stores this once so that runs start at once", unprobed_count)
-    records = probe_into(records, workers=workers)
-    unprobed = [r for r in records if not r.probed]
-    if unprobed:
-        problem = Problem(message="cannot be read", file=unprobed[0].media, code="unreadable",
-                          fix="run `vidctrl data check` with the same flags")
-        if strict:
-            raise DataError(problem)
-        errors += [Problem(message="cannot be read", file=r.media, code="unreadable") for r in unprobed]
-        records = [r for r in records if r.probed]
-    if not records:
-        raise DataError("no usable samples: every record has a problem; run `vidctrl data check` with the same flags")
-    if errors:
-        log.warning("left out %d of %d samples with problems (run `vidctrl data check` for details)",
-                    len(errors), len(imported.records))
-    return LoadedDataset(Manifest.from_records(records), imported.layout, excluded=errors)
+    problems = record_problems(records, require_captions=False)
+    probed: list[tuple[Any, ...]] = [(None,) * len(PROBED_FIELDS)] * len(records)
+    # Records with stored facts (a manifest) open no media file: inspected here, not in a worker pool.
+    stored = [i for i, r in enumerate(records) if settings.trust_probed and r.probed]
+    todo = [i for i, r in enumerate(records) if not (settings.trust_probed and r.probed)]
+    inspections = [inspect_record(i, records[i], settings) for i in stored]
+    if todo:
+        inspections += inspect_records([records[i] for i in todo], settings, workers=workers, indices=todo)
+    for inspection in inspections:
+        problems += inspection.problems
+        found = inspection.probed_fields()
+        probed[inspection.index] = tuple(found.get(k) for k in PROBED_FIELDS)
+    problems.sort(key=lambda p: p.sample if p.sample is not None else -1)
+    return _Findings(probed, problems)
+
+
+T = TypeVar("T")
+
+
+def on_main_process(compute: Callable[[], T]) -> T:
+    """`compute()` on rank 0 only; the other ranks of an initialised process group receive its result.
+
+    A `DataError` on rank 0 is raised on every rank (with rank 0's message), so no rank waits for a
+    result that never comes.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return compute()
+    payload: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload[0] = ("ok", compute())
+        except DataError as exc:
+            payload[0] = ("data_error", exc.problem)
+        except Exception as exc:
+            payload[0] = ("error", f"{type(exc).__name__}: {exc}")
+            dist.broadcast_object_list(payload, src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if status == "data_error":
+        raise DataError(value)
+    if status == "error":
+        raise RuntimeError(f"rank 0 failed while reading the dataset: {value}")
+    return value
 
 
 class ClipLoader:
@@ -128,9 +202,14 @@ def build_loader(
     frame_multiple: int = 4,
     loaded: LoadedDataset | None = None,
     pin_memory: bool = False,
+    hand_boxes: bool = False,
 ) -> ClipLoader:
-    """The training data pipeline for `config` on `rank` of `world_size` processes."""
-    loaded = loaded or load_manifest(config)
+    """The training data pipeline for `config` on `rank` of `world_size` processes.
+
+    `hand_boxes`: batches carry ControlNeXt hand boxes and scores from each sample's meta_info (for
+    a preset that weighs hands); otherwise meta_info is not read at all.
+    """
+    loaded = loaded or load_manifest(config, hand_boxes=hand_boxes)
     manifest = loaded.manifest
     rules = ClipRules.from_config(config, layout=loaded.layout)
     shaper = BucketShaper(manifest, config, rules, frame_multiple=frame_multiple)
@@ -150,6 +229,6 @@ def build_loader(
         )
     dataset = ClipDataset(
         manifest, rules, control_frame_policy=config.control_frame_policy,
-        strict=config.bad_sample_policy == "strict",
+        strict=config.bad_sample_policy == "strict", hand_boxes=hand_boxes,
     )
     return ClipLoader(dataset, sampler, num_workers=config.dataloader_num_workers, pin_memory=pin_memory)

@@ -86,18 +86,20 @@ class MediaInfo:
     variable_rate: bool = False  # frames of different durations: `fps` is only their average
 
 
-def probe(path: str | os.PathLike[str]) -> MediaInfo:
+def probe(path: str | os.PathLike[str], *, verify: bool = False) -> MediaInfo:
     """Kind, frame count, frame rate and size of a video or image, without decoding frames.
 
     The frame count comes from the container header when it has one (mp4, mov); otherwise (mkv,
     webm) packets are counted by demuxing, which reads the file but decodes nothing. Whether a file
     is an image is decided by opening it, with the suffix only choosing which library tries first.
+    `verify` also runs `verify_decodable` on the container already open (`data check` opens each
+    file once instead of twice: benchmarks/README.md).
     """
     path = _existing_file(path)
     image_name = path.suffix.lower() in IMAGE_SUFFIXES
     if image_name:
         try:
-            return _probe_image(path)
+            return _probe_image(path, verify=verify)
         except _IMAGE_ERRORS:
             pass  # perhaps a video under an image name: let FFmpeg say what it is
     try:
@@ -106,13 +108,13 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         if image_name:
             raise MediaError(path, "neither Pillow nor FFmpeg can read this image", _reencode(path)) from None
         try:
-            return _probe_image(path)  # an image under a video name
+            return _probe_image(path, verify=verify)  # an image under a video name
         except _IMAGE_ERRORS:
             raise error from None
     with container:
         if _is_image_demuxer(container):
             try:
-                return _probe_image(path)  # an image under a video name
+                return _probe_image(path, verify=verify)  # an image under a video name
             except _IMAGE_ERRORS:
                 pass
         stream = _video_stream(container, path)
@@ -146,7 +148,10 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         else:  # FFmpeg's guessed rate divides every timestamp; an average that differs means uneven frames
             guessed, average = stream.guessed_rate, stream.average_rate
             variable = bool(guessed and average and abs(float(average) / float(guessed) - 1.0) > 1e-3)
-        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation, variable)
+        info = MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation, variable)
+        if verify:
+            _verify_open(container, path, info)
+        return info
 
 
 def read_frames(
@@ -203,49 +208,54 @@ def verify_decodable(path: str | os.PathLike[str], info: MediaInfo) -> None:
         except MediaError as error:
             raise MediaError(path, f"{error.reason} (it may be truncated)", error.fix) from None
         return
-    last = info.frames - 1
     with _open_container(path) as container:
-        stream = _video_stream(container, path)
-        timing = _Timing.of(stream)
-        expected = _duration_in_frames(container, stream, timing)
-        if expected is not None and expected > info.frames + 1:
-            raise MediaError(
-                path,
-                f"truncated: the header gives a duration of {expected} frames, only {info.frames} are in the file",
-                _COPY_AGAIN,
-            )
-        decoded = 0
-        last_index = -1
-        read_errors: list[str] = []
-        try:
-            if timing is not None:
-                container.seek(timing.seek_ts(last), backward=True, any_frame=False, stream=stream)
-            else:
-                # Timestamps cannot name frame `last`; seek by time near the end and see what decodes.
-                _seek_near_end(container)
-            for packet in _demux_until_error(container, stream, read_errors):
-                if packet.is_corrupt:  # the demuxer flags a packet that the end of the file cuts short
-                    read_errors.append("a packet is incomplete")
-                    break
-                # Every packet up to the end must be there (that is what truncation takes away); only
-                # keyframes are decoded, which proves the decoder accepts the stream at a fraction of
-                # the cost of decoding the whole last group of pictures.
-                if timing is not None and packet.pts is not None and packet.size > 0:
-                    last_index = max(last_index, timing.index_of(packet.pts))
-                if not packet.is_keyframe:
-                    continue
-                for frame in packet.decode():
-                    if frame.is_corrupt:
-                        raise MediaError(path, "corrupt: the last frames decode with errors", _reencode(path))
-                    decoded += 1
-            if decoded == 0 and not read_errors:
-                # The decoder holds a keyframe back until it is flushed.
-                decoded = sum(1 for frame in stream.codec_context.decode(None) if not frame.is_corrupt)
-        except av.FFmpegError as error:  # the decoder rejects what the demuxer read
-            reason = f"corrupt: decoding the last frames failed ({_ffmpeg_message(error)})"
-            raise MediaError(path, reason, _reencode(path)) from None
-        if last_index >= last or (timing is None and decoded > 0 and not read_errors):
-            return
+        _verify_open(container, path, info)
+
+
+def _verify_open(container: av.container.InputContainer, path: Path, info: MediaInfo) -> None:
+    """`verify_decodable` on an open container (probed already, or just opened)."""
+    last = info.frames - 1
+    stream = _video_stream(container, path)
+    timing = _Timing.of(stream)
+    expected = _duration_in_frames(container, stream, timing)
+    if expected is not None and expected > info.frames + 1:
+        raise MediaError(
+            path,
+            f"truncated: the header gives a duration of {expected} frames, only {info.frames} are in the file",
+            _COPY_AGAIN,
+        )
+    decoded = 0
+    last_index = -1
+    read_errors: list[str] = []
+    try:
+        if timing is not None:
+            container.seek(timing.seek_ts(last), backward=True, any_frame=False, stream=stream)
+        else:
+            # Timestamps cannot name frame `last`; seek by time near the end and see what decodes.
+            _seek_near_end(container)
+        for packet in _demux_until_error(container, stream, read_errors):
+            if packet.is_corrupt:  # the demuxer flags a packet that the end of the file cuts short
+                read_errors.append("a packet is incomplete")
+                break
+            # Every packet up to the end must be there (that is what truncation takes away); only
+            # keyframes are decoded, which proves the decoder accepts the stream at a fraction of
+            # the cost of decoding the whole last group of pictures.
+            if timing is not None and packet.pts is not None and packet.size > 0:
+                last_index = max(last_index, timing.index_of(packet.pts))
+            if not packet.is_keyframe:
+                continue
+            for frame in packet.decode():
+                if frame.is_corrupt:
+                    raise MediaError(path, "corrupt: the last frames decode with errors", _reencode(path))
+                decoded += 1
+        if decoded == 0 and not read_errors:
+            # The decoder holds a keyframe back until it is flushed.
+            decoded = sum(1 for frame in stream.codec_context.decode(None) if not frame.is_corrupt)
+    except av.FFmpegError as error:  # the decoder rejects what the demuxer read
+        reason = f"corrupt: decoding the last frames failed ({_ffmpeg_message(error)})"
+        raise MediaError(path, reason, _reencode(path)) from None
+    if last_index >= last or (timing is None and decoded > 0 and not read_errors):
+        return
     found = last_index + 1 if last_index >= 0 else _count_packets_of(path)
     failure = f" (reading stopped: {read_errors[0]})" if read_errors else ""
     raise MediaError(
@@ -619,10 +629,12 @@ def _count_packets_of(path: Path) -> int:
         return 0
 
 
-def _probe_image(path: Path) -> MediaInfo:
+def _probe_image(path: Path, *, verify: bool = False) -> MediaInfo:
     with Image.open(path) as image:
         if getattr(image, "n_frames", 1) > 1:
             raise UnidentifiedImageError("animated image: let FFmpeg read it as a video")
+        if verify:
+            _decode_image(image, path)
         width, height = image.size
         # Phones store rotated photos with an EXIF orientation; frames are returned upright.
         orientation = image.getexif().get(0x0112, 1)
@@ -630,6 +642,16 @@ def _probe_image(path: Path) -> MediaInfo:
             width, height = height, width
         rotation = {3: 180, 4: 180, 5: 270, 6: 270, 7: 90, 8: 90}.get(orientation, 0)
         return MediaInfo("image", 1, 0.0, width, height, rotation)
+
+
+def _decode_image(image: Image.Image, path: Path) -> None:
+    """Decode every pixel of an open image (a truncated file fails here, not on opening)."""
+    try:
+        image.load()
+    except _IMAGE_ERRORS as error:
+        raise MediaError(
+            path, f"Pillow cannot decode the image ({error}) (it may be truncated)", "re-save it, or remove the sample"
+        ) from None
 
 
 def _read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -28,11 +28,12 @@ import hashlib
 import io
 import json
 import os
+import queue
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from fractions import Fraction
 from multiprocessing import get_context
@@ -219,6 +220,22 @@ def load_done(out: Path, name: str) -> ClipResult | None:
 
 _ESTIMATORS: dict[PoseSettings, DWPose] = {}
 
+# Where decoding progress goes, in frames: ("total", n) when a video starts (the frames it will
+# decode), ("frames", n) as they decode. Set in this process, or in each worker to a queue's `put`.
+_frame_progress: Callable[[tuple[str, int]], None] | None = None
+_FRAMES_PER_REPORT = 8
+
+
+def _report_frames(kind: str, count: int) -> None:
+    if _frame_progress is not None and count:
+        _frame_progress((kind, count))
+
+
+def _send_frame_progress_to(channel: Any) -> None:
+    """ProcessPoolExecutor initializer: this worker reports its frames to `channel` (a Queue)."""
+    global _frame_progress
+    _frame_progress = channel.put
+
 
 def _estimator(settings: PoseSettings) -> DWPose:
     """One DWPose per process and settings: sessions load once, not once per video."""
@@ -392,9 +409,15 @@ def _make_clips(
     last = max(wanted)
     made: list[ClipResult] = []
     writers: dict[int, _ClipWriter] = {}
+    _report_frames("total", last + 1)
+    unreported = 0
     try:
         for index, frame in enumerate(iter_frames(job.source, last + 1)):
             result.frames_decoded += 1
+            unreported += 1
+            if unreported == _FRAMES_PER_REPORT:
+                _report_frames("frames", unreported)
+                unreported = 0
             for number in wanted.get(index, ()):
                 if number not in writers:
                     plan = plans[number]
@@ -416,6 +439,7 @@ def _make_clips(
                 "the file may be truncated: copy it again, or re-encode it",
             )
     finally:
+        _report_frames("frames", unreported)
         for writer in writers.values():
             writer.abort()
     return made
@@ -747,7 +771,12 @@ def _prepare(config: PrepareConfig, videos: Path, out: Path, *, progress: bool, 
 
 
 class _NoBar:
+    total = n = 0
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def set_postfix_str(self, text: str) -> None:
@@ -766,36 +795,72 @@ def _bar(enabled: bool, **kwargs: Any) -> Any:
 
 
 def _run_jobs(jobs: list[VideoJob], workers: int, progress: bool) -> list[VideoResult]:
-    """Every job's result, in job order; videos run in `workers` processes (in this one for 1)."""
-    bar = _bar(progress, total=len(jobs), unit="video", desc="poses")
+    """Every job's result, in job order; videos run in `workers` processes (in this one for 1).
+
+    The progress bar counts decoded frames (a few long videos move it as steadily as many short
+    ones); its total grows by each video's frames as the video starts, and the videos finished so
+    far are shown beside it.
+    """
+    global _frame_progress
+    bar = _bar(progress, total=0, unit="frame", desc="poses")
     results: list[VideoResult | None] = [None] * len(jobs)
-    frames, started = 0, time.monotonic()
+    finished = 0
+
+    def on_frames(message: tuple[str, int]) -> None:
+        kind, count = message
+        if kind == "total":
+            bar.total += count
+            bar.refresh()
+        else:
+            bar.update(count)
 
     def done(position: int, result: VideoResult) -> None:
-        nonlocal frames
+        nonlocal finished
         results[position] = result
-        frames += result.frames_decoded
-        bar.update(1)
-        bar.set_postfix_str(f"{frames / max(time.monotonic() - started, 1e-9):.1f} frames/s")
+        finished += 1
+        bar.set_postfix_str(f"{finished}/{len(jobs)} videos")
 
     try:
         if workers <= 1:
+            _frame_progress = on_frames if progress else None
             for position, job in enumerate(jobs):
                 done(position, process_video(job))
         else:
             # spawn: workers start clean (no inherited ONNX Runtime or torch threads).
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            context = get_context("spawn")
+            channel = context.Queue() if progress else None
+            options: dict[str, Any] = (
+                {"initializer": _send_frame_progress_to, "initargs": (channel,)} if channel is not None else {}
+            )
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, **options) as pool:
                 futures = {pool.submit(process_video, job): position for position, job in enumerate(jobs)}
+                pending = set(futures)
                 try:
-                    for future in as_completed(futures):
-                        done(futures[future], future.result())
+                    while pending:
+                        ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                        _drain(channel, on_frames)
+                        for future in ready:
+                            done(futures[future], future.result())
                 except BaseException:
                     # A model error or Ctrl-C: stop now rather than after every queued video.
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
+            _drain(channel, on_frames)  # what the workers sent before they exited
     finally:
+        _frame_progress = None
+        if bar.total and bar.n != bar.total:  # a video that failed part-way decoded fewer frames
+            bar.total = bar.n
+            bar.refresh()
         bar.close()
     return [r for r in results if r is not None]
+
+
+def _drain(channel: Any, handle: Callable[[tuple[str, int]], None]) -> None:
+    while channel is not None:
+        try:
+            handle(channel.get_nowait())
+        except queue.Empty:
+            return
 
 
 __all__ = [

@@ -186,9 +186,11 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
         loader = cache.loader(config, family, rank=rank, world_size=world, pin_memory=run.pin_memory)
         excluded = cache.index.excluded
     else:
-        loaded = load_manifest(config.data)
+        # A family that weighs hands (ControlNeXt) sets `uses_hand_boxes`; others never read meta_info.
+        hand_boxes = bool(getattr(family, "uses_hand_boxes", False))
+        loaded = load_manifest(config.data, hand_boxes=hand_boxes)
         loader = build_loader(config.data, rank=rank, world_size=world, frame_multiple=family.frame_multiple,
-                              loaded=loaded, pin_memory=run.pin_memory)
+                              loaded=loaded, pin_memory=run.pin_memory, hand_boxes=hand_boxes)
         excluded = len(loaded.excluded)
     updates_per_epoch = math.ceil(len(loader) / optim.gradient_accumulation_steps)
     max_steps = run.max_train_steps or run.num_train_epochs * updates_per_epoch

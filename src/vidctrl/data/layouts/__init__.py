@@ -108,12 +108,32 @@ def load_dataset(config: DataConfig) -> ImportResult:
     layout, path = source_of(config)
     _check_flags(config, layout)
     if layout == "videox":
-        return read_layout(layout, path, root=config.train_data_dir)
-    if layout == "dynamictrl":
-        return read_layout(
+        imported = read_layout(layout, path, root=config.train_data_dir)
+    elif layout == "dynamictrl":
+        imported = read_layout(
             layout, path, video_column=config.video_column, caption_column=config.caption_column
         )
-    return read_layout(layout, path)
+    else:
+        imported = read_layout(layout, path)
+    imported.problems += no_samples_problems(imported, path)
+    return imported
+
+
+def no_samples_problems(imported: ImportResult, path: Path) -> list[Problem]:
+    """A dataset without a single entry is an error for `data check` and training alike.
+
+    Only when nothing else explains it: entries that could not be read are already errors.
+    """
+    if imported.records or any(p.severity == "error" for p in imported.problems):
+        return []
+    return [
+        Problem(
+            message="the dataset holds no samples (an empty list)",
+            file=str(path),
+            code="no_samples",
+            fix="add entries, or point the flag at the dataset that has them",
+        )
+    ]
 
 
 def read_layout(layout: Layout, path: str | os.PathLike[str], **options: Any) -> ImportResult:
@@ -196,4 +216,13 @@ def write_layout(
     return write_manifest(records, path)
 
 
-__all__ = ["LAYOUTS", "WRITE_OPTIONS", "Layout", "load_dataset", "read_layout", "source_of", "write_layout"]
+__all__ = [
+    "LAYOUTS",
+    "WRITE_OPTIONS",
+    "Layout",
+    "load_dataset",
+    "no_samples_problems",
+    "read_layout",
+    "source_of",
+    "write_layout",
+]
