@@ -40,6 +40,7 @@ from vidctrl.train.clipping import grad_clip_limit
 from vidctrl.train.engines import build_engine
 from vidctrl.train.microbatch import StandIn, encode_samples, noise_samples, sample_seeds
 from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups, scaled_learning_rate
+from vidctrl.train.resume_changes import apply_hyperparameters, optimizer_hyperparameters, report_changes
 from vidctrl.train.rng import rank_generator
 from vidctrl.train.tracking import Tracker
 
@@ -222,8 +223,12 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
             raise TrainingError(str(err)) from err
     accelerator.wait_for_everyone()
     global_step = 0
+    fresh_hyperparameters = optimizer_hyperparameters(optimizer)
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
+        # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
+        report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step)
+        apply_hyperparameters(optimizer, scheduler, fresh_hyperparameters)
         loader.load_state_dict(resumed.sampler_state)
         global_step = resumed.step
         log.info("resumed from %s at step %d (epoch %d)", resumed.path, resumed.step, resumed.epoch)
@@ -244,7 +249,7 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     def save_checkpoint(step: int) -> None:
         try:
             path = checkpoints.save(step, epoch=loader.epoch, sampler_state=loader.state_dict(),
-                                    extra={**parts.extra, "world_size": world})
+                                    extra={**parts.extra, "world_size": world, "config": config.to_dict()})
         except TrainingCheckpointError as err:
             raise TrainingError(f"step {step}: {err}") from err
         result.checkpoints.append(path)
