@@ -109,18 +109,38 @@ def report_changes(saved: dict[str, Any] | None, current: dict[str, Any], *, ste
                     "changed flags cannot be listed; optimizer hyper-parameters are taken from the flags", step)
         return []
     changes = config_changes(saved, current)
-    refused = [c for c in changes if c.effect == REFUSED]
-    if refused:
-        raise ConfigError(
-            "resuming from the checkpoint at step " + str(step) + " cannot honour "
-            + "; ".join(c.describe(step) for c in refused)
-            + ". Restore these flags to the checkpoint's values, or start a new run in another --output_dir"
-        )
+    _refuse(changes, step)
     for change in changes:
         log.warning("resume: %s", change.describe(step))
     if not changes:
         log.info("resume: no config field changed since step %d", step)
     return changes
+
+
+def _refuse(changes: list[Change], step: int) -> None:
+    refused = [c for c in changes if c.effect == REFUSED]
+    if refused:
+        raise ConfigError(
+            f"resuming from the checkpoint at step {step} cannot honour "
+            + "; ".join(c.describe(step) for c in refused)
+            + ". Restore these flags to the checkpoint's values, or start a new run in another --output_dir"
+        )
+
+
+def refuse_unresumable_changes(checkpoints: Any, resume_from_checkpoint: str | None, current: dict[str, Any]) -> None:
+    """Before anything is loaded (a LoRA checkpoint does not load into a full model): raise
+    `ConfigError` when the checkpoint `resume_from_checkpoint` names was trained with settings it
+    cannot be resumed under. A missing or damaged checkpoint is left to the resume to report."""
+    from vidctrl.train.checkpoint import TrainingCheckpointError, read_trainer_state
+
+    try:
+        path = checkpoints.resolve(resume_from_checkpoint)
+        state = read_trainer_state(path) if path is not None else None
+    except (TrainingCheckpointError, OSError, ValueError):
+        return
+    saved = (state or {}).get("extra", {}).get("config") if isinstance(state, dict) else None
+    if isinstance(saved, dict):
+        _refuse(config_changes(saved, current), int(state.get("step", 0)))  # type: ignore[union-attr]
 
 
 def optimizer_hyperparameters(optimizer: Any) -> list[dict[str, Any]]:

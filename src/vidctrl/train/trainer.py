@@ -40,7 +40,12 @@ from vidctrl.train.clipping import grad_clip_limit
 from vidctrl.train.engines import build_engine
 from vidctrl.train.microbatch import StandIn, encode_samples, noise_samples, sample_seeds
 from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups, scaled_learning_rate
-from vidctrl.train.resume_changes import apply_hyperparameters, optimizer_hyperparameters, report_changes
+from vidctrl.train.resume_changes import (
+    apply_hyperparameters,
+    optimizer_hyperparameters,
+    refuse_unresumable_changes,
+    report_changes,
+)
 from vidctrl.train.rng import rank_generator
 from vidctrl.train.tracking import Tracker
 
@@ -224,6 +229,7 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     accelerator.wait_for_everyone()
     global_step = 0
     fresh_hyperparameters = optimizer_hyperparameters(optimizer)
+    refuse_unresumable_changes(checkpoints, run.resume_from_checkpoint, config.to_dict())
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
         # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
