@@ -351,6 +351,11 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
                 validate(global_step)
             step_start = time.perf_counter()
             if global_step >= max_steps:
+                # the last step may also end an epoch: --validation_epochs is due then too
+                if (loader.epoch != epoch and validation is not None
+                        and validation.due(global_step=global_step, epoch_end=True, epoch=epoch)
+                        and not validation.due(global_step=global_step, epoch_end=False)):
+                    validate(global_step)
                 break
         else:
             if validation is not None and validation.due(global_step=global_step, epoch_end=True, epoch=epoch):
