@@ -42,6 +42,14 @@ READ_ELSEWHERE: dict[str, tuple[str, str]] = {
     "use_deepspeed": ("checked against the launch in distributed.check_engine; a DeepSpeed launch needs accelerate",
                       "tests/distributed/test_launch_files.py"),
     "allow_tf32": ("CUDA only (TF32 matmuls)", "tests/train/test_engine.py"),
+    "nan_policy": ("read when a loss or gradient is not finite",
+                   "tests/distributed/test_multiprocess.py (--nan_policy skip)"),
+    "loss_type": ("checked while the config is built: a preset's own objective is accepted, another refused",
+                  "tests/train/test_wan_training.py::test_flags_the_preset_cannot_honour_are_refused_with_the_reason"),
+    # LoRA settings are read by LoRA runs; these runs train the full model (trainable_modules is read).
+    "rank": ("read by --use_lora runs", "tests/train/test_engine.py (LoRA)"),
+    "network_alpha": ("read by --use_lora runs", "tests/train/test_engine.py (LoRA)"),
+    "lora_target_modules": ("read by --use_lora runs", "tests/train/test_engine.py (LoRA)"),
     "nccl_timeout": ("read when accelerate's process group is created (multi-process launches)",
                      "tests/distributed/test_multiprocess.py"),
 }
@@ -108,7 +116,7 @@ def walk_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("no-silent-flag")
     out = {}
     for layout in ("videox", "dynamictrl"):
-        assert main(["data", "sample", "--out", str(root / layout), "--layout", layout, "--num_videos", "2",
+        assert main(["data", "sample", "--out", str(root / layout), "--layout", layout, "--num_videos", "1",
                      "--num_images", "0"]) == 0
         out[layout] = root / layout
     for preset in all_presets():
@@ -119,24 +127,46 @@ def walk_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frame = read_frames(out["videox"] / meta[0]["file_path"], np.array([0]))[0]
     out["image"] = root / "reference.png"
     Image.fromarray(frame).save(out["image"])
+    out["camera"] = camera_dataset(root / "camera")
     return out
 
 
+def camera_dataset(root: Path) -> Path:
+    """One video with a camera trajectory (Control-Camera's layout)."""
+    from vidctrl.data.camera import CameraTrajectory, write_camera_txt
+    from vidctrl.data.video import write_video
+
+    frames = [np.full((32, 32, 3), 20 * k % 255, dtype=np.uint8) for k in range(8)]
+    write_video(root / "v0.mp4", frames, fps=8)
+    w2c = np.tile(np.eye(4)[:3], (8, 1, 1))
+    w2c[:, 0, 3] = np.linspace(0, 0.5, 8)
+    rows = np.concatenate([np.zeros((8, 1)), np.tile([0.5, 0.9, 0.5, 0.5], (8, 1)), np.zeros((8, 2)),
+                           w2c.reshape(8, 12)], axis=1)
+    write_camera_txt(root / "v0.txt", CameraTrajectory.from_array(rows))
+    entry = {"file_path": "v0.mp4", "control_file_path": "v0.txt", "text": "a room", "type": "video"}
+    (root / "metadata.json").write_text(json.dumps([entry]))
+    return root
+
+
 def run_flags(preset: str, inputs: dict[str, Path], out: Path) -> list[str]:
-    """A short run of `preset` that checkpoints, validates, and resumes (from an empty folder)."""
+    """One epoch of one step of `preset` that checkpoints, validates at the epoch's end, logs to tensorboard
+    and resumes (from an empty folder)."""
     common = ["--preset", preset, "--pretrained_model_name_or_path", str(inputs[preset]), "--output_dir", str(out),
-              "--report_to", "none", "--seed", "3", "--max_train_steps", "1", "--checkpointing_steps", "1",
-              "--resume_from_checkpoint", "latest", "--validation_steps", "1", "--validation_prompts", "a dance",
+              "--report_to", "tensorboard", "--seed", "3", "--num_train_epochs", "1", "--checkpointing_steps", "1",
+              "--resume_from_checkpoint", "latest", "--validation_epochs", "1", "--validation_prompts", "a dance",
               "--validation_num_inference_steps", "1", "--validation_frames", "5", "--dataloader_num_workers", "0"]
     if preset == "dynamictrl":
         return [*common, "--data_root", str(inputs["dynamictrl"]), "--height_buckets", "32", "--width_buckets",
                 "32", "--height", "32", "--width", "32", "--frame_buckets", "5", "--max_num_frames", "5",
                 "--validation_images", str(inputs["image"]), "--validation_driving_videos", str(inputs["control"])]
-    videox = [*common, "--train_data_meta", str(inputs["videox"] / "metadata.json"), "--train_data_dir",
-              str(inputs["videox"]), "--video_sample_size", "32", "--image_sample_size", "32",
+    data = inputs["camera" if preset == "wan2.1-fun-control-camera" else "videox"]
+    videox = [*common, "--train_data_meta", str(data / "metadata.json"), "--train_data_dir",
+              str(data), "--video_sample_size", "32", "--image_sample_size", "32",
               "--token_sample_size", "32", "--video_sample_stride", "1", "--video_sample_n_frames", "5"]
     if preset == "cogvideox-fun-inp":
         return [*videox, "--validation_images", str(inputs["image"])]
+    if preset.startswith("wan"):
+        videox.append("--motion_sub_loss")  # its ratio is read only with it
     return [*videox, "--validation_control_videos", str(inputs["control"])]
 
 

@@ -83,3 +83,67 @@ def refuse_unhonoured(config: TrainConfig) -> None:
             f"--meta_info_path); preset {config.preset} samples frames the {rule} way here, whose step is "
             "--video_sample_stride"
         )
+    _refuse_unread_for(config)
+
+
+# Fields a preset never reads (its objective or its sampling has no use for them): presets -> field
+# -> why. A value other than the field's default is refused naming the preset.
+_NO_FLOW = "the weighting schemes and the frame-difference loss belong to flow matching; this preset trains DDPM"
+_COGVIDEOX_FUN = ("cogvideox-fun-inp", "cogvideox-fun-control")
+_WAN = ("wan2.1-fun-control-v1.0", "wan2.1-fun-control-v1.1", "wan2.1-fun-control-camera")
+UNREAD_BY_PRESET: dict[tuple[str, ...], dict[str, str]] = {
+    _COGVIDEOX_FUN: {"logit_mean": _NO_FLOW, "logit_std": _NO_FLOW, "mode_scale": _NO_FLOW,
+                     "motion_sub_loss_ratio": _NO_FLOW},
+    ("dynamictrl",): {"logit_mean": _NO_FLOW, "logit_std": _NO_FLOW, "mode_scale": _NO_FLOW,
+                   "motion_sub_loss_ratio": _NO_FLOW,
+                   "train_sampling_steps": "DynamiCtrl draws its timesteps from the whole DDPM schedule"},
+}
+# Data fields of VideoX-Fun's bucketing that DynamiCtrl's frame sampling and size buckets never read.
+_VIDEOX_SHAPING = ("token_sample_size", "enable_bucket", "random_hw_adapt", "training_with_video_token_length",
+                   "random_frame_crop")
+
+
+def _refuse_unread_for(config: TrainConfig) -> None:
+    import dataclasses
+
+    def default(section: object, name: str) -> object:
+        field = next(f for f in dataclasses.fields(section) if f.name == name)  # type: ignore[arg-type]
+        return field.default
+
+    unread = {name: why for presets, fields in UNREAD_BY_PRESET.items() if config.preset in presets
+              for name, why in fields.items()}
+    for name, why in unread.items():
+        value = getattr(config.objective, name)
+        if value != default(config.objective, name):
+            raise ConfigError(f"--{name} {value}: preset {config.preset} cannot honour it ({why}). Remove the flag.")
+    data = config.data
+    rule = data.frame_sampling or ("controlnext" if data.meta_info_path else "dynamictrl" if data.data_root else "videox")
+    if rule == "dynamictrl":
+        for name in _VIDEOX_SHAPING:
+            value = getattr(data, name)
+            if value != default(data, name):
+                raise ConfigError(
+                    f"--{name} {value}: preset {config.preset} samples frames the dynamictrl way, whose clip sizes "
+                    "come from --height_buckets/--width_buckets/--frame_buckets; VideoX-Fun's bucketing flags do "
+                    "not apply. Remove the flag."
+                )
+    options = config.family
+    if config.preset in _WAN and not options.add_full_ref_image_in_self_attention and (
+            options.full_ref_dropout != default(options, "full_ref_dropout")):
+        raise ConfigError(
+            f"--full_ref_dropout: preset {config.preset} trains without full-reference tokens "
+            "(--add_full_ref_image_in_self_attention, Wan2.1-Fun V1.1 only), so there is nothing to drop. Remove "
+            "the flag."
+        )
+    camera = config.preset == "wan2.1-fun-control-camera" and (config.model.train_mode or "camera").find("camera") >= 0
+    if camera and options.control_dropout != default(options, "control_dropout"):
+        raise ConfigError(
+            f"--control_dropout: preset {config.preset} conditions on the camera embedding, not on control latents, "
+            "and vidctrl does not drop the camera embedding. Remove the flag."
+        )
+    if config.preset == "cogvideox-fun-control" and (
+            options.inpaint_mask_distribution != default(options, "inpaint_mask_distribution")):
+        raise ConfigError(
+            f"--inpaint_mask_distribution: preset {config.preset} trains in control mode, which draws no inpaint "
+            "mask (cogvideox-fun-inp does). Remove the flag."
+        )

@@ -241,7 +241,12 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
     sections["model"].preset = preset
     config = TrainConfig(**sections, family=options, preset=preset)
     refuse_unhonoured(config)
-    family.validate_config(config)
+    try:
+        family.validate_config(config)
+    except ConfigError as err:  # every refusal names the preset that refuses
+        if preset in str(err):
+            raise
+        raise ConfigError(f"preset {preset}: {err}") from None
     return config
 
 
