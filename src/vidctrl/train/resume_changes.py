@@ -102,14 +102,20 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[Chang
     return changes
 
 
-def report_changes(saved: dict[str, Any] | None, current: dict[str, Any], *, step: int) -> list[Change]:
-    """Log every changed field and what the change does; raise `ConfigError` for refused ones."""
+def report_changes(saved: dict[str, Any] | None, current: dict[str, Any], *, step: int,
+                   main_process: bool = True) -> list[Change]:
+    """Log (on the main process) every changed field and what the change does; raise `ConfigError`
+    for refused ones (on every process)."""
     if saved is None:
+        if not main_process:
+            return []
         log.warning("the checkpoint at step %d does not record its config (written by an older vidctrl): the "
                     "changed flags cannot be listed; optimizer hyper-parameters are taken from the flags", step)
         return []
     changes = config_changes(saved, current)
     _refuse(changes, step)
+    if not main_process:
+        return changes
     for change in changes:
         log.warning("resume: %s", change.describe(step))
     if not changes:

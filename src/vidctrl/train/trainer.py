@@ -233,7 +233,8 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
         # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
-        report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step)
+        report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step,
+                       main_process=accelerator.is_main_process)
         apply_hyperparameters(optimizer, scheduler, fresh_hyperparameters)
         loader.load_state_dict(resumed.sampler_state)
         global_step = resumed.step
