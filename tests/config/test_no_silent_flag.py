@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 import pytest
 
+import vidctrl.cache.fingerprint
 from vidctrl.cli import main
 from vidctrl.config.fields import ConfigError, flags_of
 from vidctrl.config.train import SECTIONS, build_parser, parse_train_config
@@ -58,7 +59,8 @@ BEING_FIXED: dict[str, set[str]] = {
 }
 
 _RECORDING: list[set[str]] = []
-_COPIERS = {dataclasses.__file__}
+# Code that reads every field without using each: whole-config copies and the cache fingerprint.
+_COPIERS = {dataclasses.__file__, vidctrl.cache.fingerprint.__file__}
 
 
 @contextmanager
