@@ -43,10 +43,15 @@ def test_agreeing_optimizer_spellings_pick_that_optimizer(flags: list[str], name
 
 
 @pytest.mark.parametrize("flag", ["--max_train_steps", "--validation_steps", "--validation_frames",
-                                  "--checkpoints_total_limit"])
+                                  "--checkpoints_total_limit", "--height"])
 def test_zero_is_refused_not_read_as_not_given(flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):  # the wording may come from the numeric range checks
         parse_train_config([*WAN, flag, "0"])
+
+
+def test_an_empty_prompt_separator_is_refused_not_read_as_the_default() -> None:
+    with pytest.raises(ConfigError, match="--validation_prompt_separator is empty"):
+        parse_train_config(["--preset", "dynamictrl", "--validation_prompt_separator", ""])
 
 
 def test_interval_frame_outside_controlnext_sampling_is_refused_with_the_flag_that_does_it() -> None:

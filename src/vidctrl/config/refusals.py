@@ -38,6 +38,8 @@ ZERO_IS_NOT_UNSET: tuple[tuple[str, str, str], ...] = (
     ("validation", "validation_width", "the training width"),
     ("validation", "validation_frames", "the training frame count"),
     ("run", "checkpoints_total_limit", "keeping every checkpoint"),
+    ("data", "height", "the preset's training size"),
+    ("data", "width", "the preset's training size"),
 )
 
 
@@ -75,6 +77,9 @@ def refuse_unhonoured(config: TrainConfig) -> None:
         value = getattr(getattr(config, section), name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{name} {value}: must be at least 1; leave the flag out for {unset_means}")
+    if config.validation.validation_prompt_separator == "":
+        raise ConfigError("--validation_prompt_separator is empty: give the text that separates the prompts, or "
+                          "leave the flag out for the preset's separator")
     data = config.data
     rule = data.frame_sampling or ("controlnext" if data.meta_info_path else "dynamictrl" if data.data_root else "videox")
     if data.interval_frame is not None and rule != "controlnext":
