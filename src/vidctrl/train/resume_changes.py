@@ -81,6 +81,8 @@ def effect_of(section: str, name: str) -> tuple[str, str]:
         return BREAKS_ORDER, "optimizer steps group other micro-batches"
     if section == "optim":
         return APPLIED, "to the restored optimizer and LR schedule"
+    if name in ("transformer_path", "pretrained_model_name_or_path"):
+        return APPLIED, "to the frozen weights only: the trained ones come from the checkpoint"
     return APPLIED, ""
 
 
