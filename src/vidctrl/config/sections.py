@@ -65,7 +65,10 @@ class OptimConfig:
     """Optimizer, learning rate schedule and gradient handling."""
 
     learning_rate: float = option(1e-4, help="peak learning rate")
-    optimizer: Optimizer = option("adamw", help="adamw, adamw8bit (bitsandbytes, CUDA) or came")
+    optimizer: Optimizer | None = option(
+        None, help="adamw (the default), adamw8bit (bitsandbytes, CUDA) or came; --use_8bit_adam/--use_came are "
+        "VideoX-Fun's spellings, and two spellings naming different optimizers are an error"
+    )
     use_8bit_adam: bool = option(False, help="VideoX-Fun spelling of --optimizer adamw8bit")
     use_came: bool = option(False, help="VideoX-Fun spelling of --optimizer came")
     adam_beta1: float = option(0.9, help="Adam beta1", flags=["--beta1"])
@@ -86,6 +89,8 @@ class OptimConfig:
     lr_power: float = option(1.0, help="polynomial schedule power")
     gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step")
     scale_lr: bool = option(False, help="multiply the learning rate by batch size, accumulation and processes")
+    use_ema: bool = option(False, help="ControlNeXt-SVD: keep an EMA of the trained weights (refused until a preset "
+                           "honours it)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from vidctrl.config.fields import ConfigError, add_arguments, coerce, flags_of, given
+from vidctrl.config.refusals import refuse_unhonoured
 from vidctrl.config.sections import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, ValidationConfig
 from vidctrl.data.config import DataConfig
 
@@ -239,7 +240,13 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
             raise ConfigError(str(exc)) from None
     sections["model"].preset = preset
     config = TrainConfig(**sections, family=options, preset=preset)
-    family.validate_config(config)
+    refuse_unhonoured(config)
+    try:
+        family.validate_config(config)
+    except ConfigError as err:  # every refusal names the preset that refuses
+        if preset in str(err):
+            raise
+        raise ConfigError(f"preset {preset}: {err}") from None
     return config
 
 

@@ -55,6 +55,12 @@ class ClipRules:
                 f"{', '.join('--' + n for n in bucket_flags)}: DynamiCtrl's buckets apply to its frame sampling "
                 f"(--frame_sampling dynamictrl, the default with --data_root); this run samples frames the {rule} way"
             )
+        if config.interval_frame is not None and rule != "controlnext":
+            raise ValueError(
+                f"--interval_frame: ControlNeXt's step between frames applies to its frame sampling (--frame_sampling "
+                f"controlnext, the default with --meta_info_path); this run samples frames the {rule} way, whose step "
+                "is --video_sample_stride"
+            )
         fixed = config.fix_sample_size is not None or (config.height is not None and config.width is not None)
         crop: CropMode = "center"
         if rule == "controlnext":
@@ -67,7 +73,7 @@ class ClipRules:
             stride=config.video_sample_stride,
             drop_start=config.video_length_drop_start,
             drop_end=config.video_length_drop_end,
-            interval_frame=config.interval_frame,
+            interval_frame=1 if config.interval_frame is None else config.interval_frame,
             frame_buckets=tuple(config.frame_buckets or (config.video_sample_n_frames,)),
             crop=crop,
         )

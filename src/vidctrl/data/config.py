@@ -50,7 +50,10 @@ class DataConfig:
         49, help="frames per training clip", flags=["--sample_n_frames", "--max_num_frames"]
     )
     video_sample_stride: int = option(4, help="step between sampled frames")
-    interval_frame: int = option(1, help="ControlNeXt: step between sampled frames")
+    interval_frame: int | None = option(
+        None, help="ControlNeXt: step between sampled frames, 0 = random 2-7 per clip (default 1; controlnext "
+        "frame sampling only: elsewhere --video_sample_stride is the step)"
+    )
     video_length_drop_start: float = option(0.1, help="fraction of each video skipped at the start")
     video_length_drop_end: float = option(0.9, help="fraction of each video after which frames are skipped")
     random_frame_crop: bool = option(

@@ -304,3 +304,20 @@ def build_scheduler(
         num_cycles=num_cycles,
         power=power,
     )
+
+
+def scaled_learning_rate(
+    learning_rate: float, *, scale_lr: bool, gradient_accumulation_steps: int, train_batch_size: int,
+    num_processes: int,
+) -> float:
+    """The peak learning rate the optimizer gets: ``--learning_rate``, times the global batch
+    (``gradient_accumulation_steps * train_batch_size * num_processes``) under ``--scale_lr``, as
+    the diffusers and VideoX-Fun scripts compute it."""
+    if not scale_lr:
+        return learning_rate
+    scaled = learning_rate * gradient_accumulation_steps * train_batch_size * num_processes
+    logger.info(
+        "--scale_lr: learning rate %g x %d accumulation steps x %d per-process batch x %d processes = %g",
+        learning_rate, gradient_accumulation_steps, train_batch_size, num_processes, scaled,
+    )
+    return scaled

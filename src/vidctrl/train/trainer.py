@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vidctrl.cache.loader import open_cache
+from vidctrl.config.refusals import optimizer_name
 from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
 from vidctrl.families import family_for_preset
@@ -39,7 +40,13 @@ from vidctrl.train.checkpoint import (
 from vidctrl.train.clipping import grad_clip_limit
 from vidctrl.train.engines import build_engine
 from vidctrl.train.microbatch import StandIn, encode_samples, noise_samples, sample_seeds
-from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups
+from vidctrl.train.optim import build_optimizer, build_scheduler, param_groups, scaled_learning_rate
+from vidctrl.train.resume_changes import (
+    apply_hyperparameters,
+    optimizer_hyperparameters,
+    refuse_unresumable_changes,
+    report_changes,
+)
 from vidctrl.train.rng import rank_generator
 from vidctrl.train.tracking import Tracker
 
@@ -88,17 +95,6 @@ def config_hash(config: TrainConfig) -> str:
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
-
-
-def _optimizer_name(config: TrainConfig) -> str:
-    optim = config.optim
-    if optim.use_came and optim.use_8bit_adam:
-        raise ConfigError("--use_came and --use_8bit_adam exclude each other: choose one optimizer")
-    if optim.use_came:
-        return "came"
-    if optim.use_8bit_adam:
-        return "adamw8bit"
-    return optim.optimizer
 
 
 def train(config: TrainConfig, *, family: ModelFamily | None = None) -> TrainResult:
@@ -157,17 +153,20 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
         family.load(Path(model_config.pretrained_model_name_or_path), dtype=weight_dtype, device=accelerator.device,
                     encoders=cache is None or validates)
     model = family.denoiser
+    lr = scaled_learning_rate(optim.learning_rate, scale_lr=optim.scale_lr,
+                              gradient_accumulation_steps=optim.gradient_accumulation_steps,
+                              train_batch_size=config.data.train_batch_size, num_processes=world)
     if model_config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if model_config.use_lora:
         groups = family.add_lora(model, rank=model_config.rank, alpha=model_config.network_alpha,
-                                 target_modules=model_config.lora_target_modules, lr=optim.learning_rate)
+                                 target_modules=model_config.lora_target_modules, lr=lr)
     else:
         groups = param_groups(
             model,
             trainable_modules=model_config.trainable_modules,
             trainable_modules_low_learning_rate=model_config.trainable_modules_low_learning_rate,
-            lr=optim.learning_rate,
+            lr=lr,
             name_for_matching=family.name_for_matching,
         )
         log.info("trainable parameters:\n%s", groups.describe())
@@ -193,12 +192,13 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
                               loaded=loaded, pin_memory=run.pin_memory, hand_boxes=hand_boxes)
         excluded = len(loaded.excluded)
     updates_per_epoch = math.ceil(len(loader) / optim.gradient_accumulation_steps)
-    max_steps = run.max_train_steps or run.num_train_epochs * updates_per_epoch
+    # 0 is refused when the config is built; None (not given) trains --num_train_epochs epochs.
+    max_steps = run.max_train_steps if run.max_train_steps is not None else run.num_train_epochs * updates_per_epoch
 
     optimizer = build_optimizer(
         groups,
-        name=_optimizer_name(config),
-        lr=optim.learning_rate,
+        name=optimizer_name(optim),
+        lr=lr,
         betas=(optim.adam_beta1, optim.adam_beta2),
         eps=optim.adam_epsilon,
         weight_decay=optim.adam_weight_decay,
@@ -238,8 +238,14 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
             raise TrainingError(str(err)) from err
     accelerator.wait_for_everyone()
     global_step = 0
+    fresh_hyperparameters = optimizer_hyperparameters(optimizer)
+    refuse_unresumable_changes(checkpoints, run.resume_from_checkpoint, config.to_dict())
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
+        # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
+        report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step,
+                       main_process=accelerator.is_main_process)
+        apply_hyperparameters(optimizer, scheduler, fresh_hyperparameters)
         loader.load_state_dict(resumed.sampler_state)
         global_step = resumed.step
         log.info("resumed from %s at step %d (epoch %d)", resumed.path, resumed.step, resumed.epoch)
@@ -262,7 +268,7 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
     def save_checkpoint(step: int) -> None:
         try:
             path = checkpoints.save(step, epoch=loader.epoch, sampler_state=loader.state_dict(),
-                                    extra={**parts.extra, "world_size": world})
+                                    extra={**parts.extra, "world_size": world, "config": config.to_dict()})
         except TrainingCheckpointError as err:
             raise TrainingError(f"step {step}: {err}") from err
         result.checkpoints.append(path)
@@ -358,6 +364,11 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
                 validate(global_step)
             step_start = time.perf_counter()
             if global_step >= max_steps:
+                # the last step may also end an epoch: --validation_epochs is due then too
+                if (loader.epoch != epoch and validation is not None
+                        and validation.due(global_step=global_step, epoch_end=True, epoch=epoch)
+                        and not validation.due(global_step=global_step, epoch_end=False)):
+                    validate(global_step)
                 break
         else:
             if validation is not None and validation.due(global_step=global_step, epoch_end=True, epoch=epoch):
