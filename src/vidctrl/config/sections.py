@@ -110,6 +110,10 @@ class RunConfig:
     nan_policy: Literal["stop", "skip"] = option(
         "stop", help="a NaN/inf loss or gradient: stop naming the step and samples, or skip the step"
     )
+    save_on_signal: bool = option(
+        True, help="on SIGTERM/SIGINT finish the optimizer step, save a checkpoint on every rank and exit "
+        "non-zero (a second signal exits at once); false: Python's default (the run dies where it is)"
+    )
 
 
 @dataclass
