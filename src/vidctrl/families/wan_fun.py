@@ -160,9 +160,10 @@ class WanFunControl(ModelFamily):
         from vidctrl.objectives.timesteps import build_index_sampler
 
         sampler = build_index_sampler(
-            num_indices=config.train_sampling_steps, weighting_scheme=config.weighting_scheme,
+            weighting_scheme=config.weighting_scheme,
             logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale,
             uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size,
+            train_sampling_steps=config.train_sampling_steps,  # under --uniform_sampling only, as VideoX-Fun
         )
         return FlowMatching(
             shift=self.options.flow_shift, sampler=sampler, weighting_scheme=config.weighting_scheme,
