@@ -142,20 +142,28 @@ def test_train_sampling_steps_narrows_only_the_rank_stratified_sampler() -> None
         build_index_sampler(uniform_sampling=True, train_sampling_steps=2000)
 
 
-def test_wan_draws_from_all_1000_indices_unless_uniform_sampling() -> None:
+def test_wan_narrows_the_timesteps_only_under_uniform_sampling() -> None:
     from vidctrl.config.train import parse_train_config
     from vidctrl.families import family_for_preset
 
     def sampler(*flags: str) -> object:
-        config = parse_train_config(["--preset", "wan2.1-fun-control-v1.1", "--train_sampling_steps", "200", *flags])
+        config = parse_train_config(["--preset", "wan2.1-fun-control-v1.1", *flags])
         family = family_for_preset(config.preset).from_config(config)
         return family.build_objective(config.objective, rank=0, world_size=1).sampler
 
     assert sampler() == UniformIndexSampler(N)
     assert sampler("--weighting_scheme", "logit_normal") == LogitNormalIndexSampler(N)
-    assert sampler("--uniform_sampling") == RankStratifiedIndexSampler(200)
-    draws = sampler()(4000, _generator(1))  # type: ignore[operator]
-    assert draws.max() >= 900  # before the fix every draw stayed below 200
+    assert sampler("--uniform_sampling") == RankStratifiedIndexSampler(N)
+    narrowed = sampler("--uniform_sampling", "--train_sampling_steps", "200")
+    assert narrowed == RankStratifiedIndexSampler(200)
+    assert narrowed(4000, _generator(1)).max() < 200  # type: ignore[operator]
+
+
+def test_train_sampling_steps_without_uniform_sampling_is_refused_on_wan() -> None:
+    from vidctrl.config.train import ConfigError, parse_train_config
+
+    with pytest.raises(ConfigError, match="--train_sampling_steps 200 acts only with --uniform_sampling"):
+        parse_train_config(["--preset", "wan2.1-fun-control-v1.1", "--train_sampling_steps", "200"])
 
 
 def test_indices_come_back_on_the_cpu_as_int64() -> None:

@@ -107,6 +107,10 @@ class WanFunControl(ModelFamily):
             raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
         if config.objective.loss_type not in (None, "flow"):
             raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
+        steps = config.objective.train_sampling_steps
+        if steps != 1000 and not config.objective.uniform_sampling:
+            raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
+                              "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
 
     def name_for_matching(self, name: str) -> str:
         # diffusers keeps the output modulation at the top level (`scale_shift_table`); VideoX-Fun calls
