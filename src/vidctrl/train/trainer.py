@@ -352,9 +352,10 @@ def _train(config: TrainConfig, family: ModelFamily | None, stop: StopRequest) -
             if stop_agreed and global_step < max_steps:
                 if global_step % run.checkpointing_steps != 0:
                     save_checkpoint(global_step)
+                stopped = _stopped(stop, global_step, result.checkpoints[-1])  # before the launcher signals us
                 tracker.bar.close()
                 accelerator.end_training()
-                raise _stopped(stop, global_step, result.checkpoints[-1])
+                raise stopped
             if validation is not None and validation.due(global_step=global_step, epoch_end=False):
                 validate(global_step)
             step_start = time.perf_counter()
