@@ -83,7 +83,8 @@ class StopRequest:
     def restore(self) -> None:
         """Put back the handlers that were there before `install` (a no-op when none was installed)."""
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            # None: the handler was set outside Python; the default is the nearest we can put back
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous = {}
 
     def __enter__(self) -> StopRequest:
