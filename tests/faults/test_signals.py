@@ -104,6 +104,21 @@ def test_a_second_signal_exits_at_once_and_the_launchers_echo_does_not() -> None
     assert "second signal (SIGINT): exiting at once without saving" in done.stderr
 
 
+def test_outside_the_main_thread_the_handlers_are_left_alone_and_the_log_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+
+    from vidctrl.train.signals import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=lambda: StopRequest(enabled=True).install())
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "outside the main thread" in caplog.text
+
+
 def child_ranks(launcher: int) -> dict[int, int]:
     """rank -> pid of the training processes `accelerate launch` started under pid `launcher`."""
     ranks = {}
