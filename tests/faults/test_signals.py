@@ -51,17 +51,23 @@ def test_sigterm_saves_the_next_step_exits_143_and_resumes_to_the_uninterrupted_
 ) -> None:
     reference, out = tmp_path / "reference", tmp_path / "stopped"
     assert run(fault_model, fault_data, reference) == 0
-    before = signal.getsignal(signal.SIGTERM)
 
-    with monkeypatch.context() as patch:
-        signal_self_after_step(patch, signal.SIGTERM, 1)
-        assert run(fault_model, fault_data, out) == 128 + signal.SIGTERM
+    def unhandled(signum: int, frame: object) -> None:  # without vidctrl's handler, fail instead of dying
+        raise AssertionError("SIGTERM reached the test: the run installed no handler")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as patch:
+            signal_self_after_step(patch, signal.SIGTERM, 1)
+            assert run(fault_model, fault_data, out) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the run gives the process its handlers back
+    finally:
+        signal.signal(signal.SIGTERM, before)
     # the signal landed after step 1 was logged: step 2 finished and was saved, nothing later
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     err = capfd.readouterr().err
     assert "SIGTERM received" in err
     assert f"--resume_from_checkpoint {out / 'checkpoint-2'}" in err
-    assert signal.getsignal(signal.SIGTERM) is before  # the run gives the process its handlers back
 
     assert run(fault_model, fault_data, out, "--resume_from_checkpoint", "latest") == 0
     assert_same_weights(reference / f"checkpoint-{STEPS}", out / f"checkpoint-{STEPS}")
