@@ -32,6 +32,7 @@ from vidctrl.data.buckets import (
     token_count,
     token_length_plan,
 )
+from vidctrl.data.config import DataConfig
 
 
 class ScriptedRng:
@@ -315,3 +316,38 @@ def test_batch_frames_is_the_shortest_clip_capped_and_cut_to_4k_plus_1() -> None
 
 def test_local_min_size_is_the_smallest_mean_side() -> None:
     assert local_min_size([512, 1024], [910, 1820]) == 711.0
+
+
+def _shaper_draws(config: DataConfig, draws: int = 4000) -> np.ndarray:
+    """Sides of `draws` video batches planned by the loader's shaper for one large square video."""
+    from vidctrl.data.clips import ClipRules
+    from vidctrl.data.manifest import Manifest
+    from vidctrl.data.records import Record
+    from vidctrl.data.shapes import BucketShaper
+
+    videos = Manifest.from_records([Record(media="/d/v.mp4", control="/d/c.mp4", frames=400, height=1024,
+                                           width=1024, fps=8.0)])
+    shaper = BucketShaper(videos, config, ClipRules.from_config(config, layout="videox"))
+    rng = np.random.default_rng(5)
+    key = int(shaper.bucket_keys()[0])
+    return np.array([shaper.batch_shape(key, np.array([0]), rng).height for _ in range(draws)])
+
+
+def test_the_loader_draws_sizes_with_the_configured_family_probabilities() -> None:
+    common = {"video_sample_size": 1024, "image_sample_size": 1024, "enable_bucket": True, "random_hw_adapt": True}
+    # downsample choices at 1024: 1, 1.25, 1.5, 2 -> the full 1024 side with the first probability
+    wan = _shaper_draws(DataConfig(**common))
+    cogvideox = _shaper_draws(DataConfig(**common, downsample_first_prob=0.75))
+    assert 0.88 < np.mean(wan == 1024) < 0.92
+    assert 0.73 < np.mean(cogvideox == 1024) < 0.77
+    # token length, sizes 512..1024 all below 1.25 x 1024: 'closest' gives 512 one half, 'uniform' one fifth
+    tokens = {**common, "video_sample_size": 512, "training_with_video_token_length": True}
+    closest = _shaper_draws(DataConfig(**tokens))
+    uniform = _shaper_draws(DataConfig(**tokens, size_weighting="uniform"))
+    assert 0.47 < np.mean(closest == 512) < 0.53
+    assert 0.17 < np.mean(uniform == 512) < 0.23
+
+
+def test_downsample_first_prob_must_be_a_probability() -> None:
+    with pytest.raises(ValueError, match=r"--downsample_first_prob 1\.5: a probability"):
+        DataConfig(downsample_first_prob=1.5)

@@ -38,10 +38,10 @@ class FakeGather:
 
 def test_weights_make_the_update_the_mean_over_samples_that_loaded() -> None:
     # rank 0 lost both its samples, rank 1 has 2: rank 1 carries the whole update (weight 2 = 2 * 2 / 2)
-    other = [2, 2, 2 * 3.0, 0, 32, 32, 5]
+    other = [2, 2, 2 * 3.0, 0, 32, 32, 5, 0]
     report = agree(FakeGather([other], rank=0), valid=0, planned=2, loss=torch.tensor(9.0), shape=(32, 32, 5))
     assert (report.valid, report.planned, report.skipped, report.weight, report.loss) == (2, 4, 2, 0.0, 3.0)
-    report = agree(FakeGather([[0, 2, 0.0, 0, 32, 32, 5]], rank=1), valid=2, planned=2, loss=torch.tensor(3.0),
+    report = agree(FakeGather([[0, 2, 0.0, 0, 32, 32, 5, 0]], rank=1), valid=2, planned=2, loss=torch.tensor(3.0),
                    shape=(32, 32, 5))
     assert report.weight == 2.0
     alone = agree(SimpleNamespace(num_processes=1, device=torch.device("cpu")), valid=2, planned=2,
@@ -50,12 +50,25 @@ def test_weights_make_the_update_the_mean_over_samples_that_loaded() -> None:
 
 
 def test_a_non_finite_loss_names_its_rank_and_different_shapes_are_a_bug() -> None:
-    report = agree(FakeGather([[1, 1, 0.0, 1, 32, 32, 5]], rank=0), valid=1, planned=1, loss=torch.tensor(1.0),
+    report = agree(FakeGather([[1, 1, 0.0, 1, 32, 32, 5, 0]], rank=0), valid=1, planned=1, loss=torch.tensor(1.0),
                    shape=(32, 32, 5))
     assert report.nonfinite_ranks == (1,) and report.loss == 1.0
     with pytest.raises(RuntimeError, match="disagree on the shape"):
-        agree(FakeGather([[1, 1, 1.0, 0, 32, 48, 5]], rank=0), valid=1, planned=1, loss=torch.tensor(1.0),
+        agree(FakeGather([[1, 1, 1.0, 0, 32, 48, 5, 0]], rank=0), valid=1, planned=1, loss=torch.tensor(1.0),
               shape=(32, 32, 5))
+
+
+def test_a_stop_request_on_one_rank_stops_every_rank() -> None:
+    # rank 1 got the signal, rank 0 did not: both learn it from the same exchange
+    asked = agree(FakeGather([[1, 1, 1.0, 0, 32, 32, 5, 1]], rank=0), valid=1, planned=1, loss=torch.tensor(1.0),
+                  shape=(32, 32, 5))
+    assert asked.stop
+    calm = agree(FakeGather([[1, 1, 1.0, 0, 32, 32, 5, 0]], rank=1), valid=1, planned=1, loss=torch.tensor(1.0),
+                 shape=(32, 32, 5))
+    assert not calm.stop
+    mine = agree(FakeGather([[1, 1, 1.0, 0, 32, 32, 5, 0]], rank=1), valid=1, planned=1, loss=torch.tensor(1.0),
+                 shape=(32, 32, 5), stop=True)
+    assert mine.stop
 
 
 def test_per_sample_noise_does_not_depend_on_how_the_batch_is_split() -> None:

@@ -131,6 +131,41 @@ def test_build_index_sampler_follows_the_seed_flags() -> None:
         build_index_sampler(weighting_scheme="lognorm")
 
 
+def test_train_sampling_steps_narrows_only_the_rank_stratified_sampler() -> None:
+    # VideoX-Fun's flow trainers pass --train_sampling_steps to DiscreteSampling alone
+    assert build_index_sampler(train_sampling_steps=500) == UniformIndexSampler(N)
+    assert build_index_sampler(weighting_scheme="logit_normal", train_sampling_steps=500) == LogitNormalIndexSampler(N)
+    assert build_index_sampler(weighting_scheme="mode", train_sampling_steps=500) == ModeIndexSampler(N)
+    narrowed = build_index_sampler(uniform_sampling=True, train_sampling_steps=500, rank=1, world_size=2)
+    assert narrowed == RankStratifiedIndexSampler(500, rank=1, world_size=2) and narrowed.stratum == range(250, 500)
+    with pytest.raises(ValueError, match="--train_sampling_steps 2000 exceeds the 1000 steps"):
+        build_index_sampler(uniform_sampling=True, train_sampling_steps=2000)
+
+
+def test_wan_narrows_the_timesteps_only_under_uniform_sampling() -> None:
+    from vidctrl.config.train import parse_train_config
+    from vidctrl.families import family_for_preset
+
+    def sampler(*flags: str) -> object:
+        config = parse_train_config(["--preset", "wan2.1-fun-control-v1.1", *flags])
+        family = family_for_preset(config.preset).from_config(config)
+        return family.build_objective(config.objective, rank=0, world_size=1).sampler
+
+    assert sampler() == UniformIndexSampler(N)
+    assert sampler("--weighting_scheme", "logit_normal") == LogitNormalIndexSampler(N)
+    assert sampler("--uniform_sampling") == RankStratifiedIndexSampler(N)
+    narrowed = sampler("--uniform_sampling", "--train_sampling_steps", "200")
+    assert narrowed == RankStratifiedIndexSampler(200)
+    assert narrowed(4000, _generator(1)).max() < 200  # type: ignore[operator]
+
+
+def test_train_sampling_steps_without_uniform_sampling_is_refused_on_wan() -> None:
+    from vidctrl.config.train import ConfigError, parse_train_config
+
+    with pytest.raises(ConfigError, match="--train_sampling_steps 200 acts only with --uniform_sampling"):
+        parse_train_config(["--preset", "wan2.1-fun-control-v1.1", "--train_sampling_steps", "200"])
+
+
 def test_indices_come_back_on_the_cpu_as_int64() -> None:
     for sampler in (UniformIndexSampler(N), LogitNormalIndexSampler(N), RankStratifiedIndexSampler(N)):
         indices = sampler(8, _generator(0))

@@ -23,6 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from vidctrl.config.train import ConfigError, resolve
+    from vidctrl.train.signals import TrainingStopped
     from vidctrl.train.trainer import TrainingError, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,6 +34,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     try:
         result = train(config)
+    except TrainingStopped as stopped:  # SIGTERM/SIGINT with --save_on_signal: saved, say where to resume
+        print(f"vidctrl: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except (ConfigError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

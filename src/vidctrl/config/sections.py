@@ -125,6 +125,10 @@ class RunConfig:
         False, help="take over output_dir's lock even when its owner looks alive (say so in the log); only "
         "for a run you know is dead"
     )
+    save_on_signal: bool = option(
+        True, help="on SIGTERM/SIGINT finish the optimizer step, save a checkpoint on every rank and exit "
+        "non-zero (a second signal exits at once); false: Python's default (the run dies where it is)"
+    )
 
 
 @dataclass

@@ -36,8 +36,8 @@ class ClipRules:
     rule: Rule = "videox"
     n_frames: int = 49
     stride: int = 4
-    drop_start: float = 0.1
-    drop_end: float = 0.9
+    drop_start: float = 0.0
+    drop_end: float = 1.0
     interval_frame: int = 1
     frame_buckets: tuple[int, ...] = ()
     crop: CropMode = "center"

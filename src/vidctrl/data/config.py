@@ -11,6 +11,7 @@ from vidctrl.config.fields import option
 FrameSampling = Literal["videox", "dynamictrl", "controlnext"]
 ControlFramePolicy = Literal["error", "resample"]
 BadSamplePolicy = Literal["lenient", "strict"]
+SizeWeighting = Literal["closest", "uniform"]
 
 
 @dataclass
@@ -54,8 +55,9 @@ class DataConfig:
         None, help="ControlNeXt: step between sampled frames, 0 = random 2-7 per clip (default 1; controlnext "
         "frame sampling only: elsewhere --video_sample_stride is the step)"
     )
-    video_length_drop_start: float = option(0.1, help="fraction of each video skipped at the start")
-    video_length_drop_end: float = option(0.9, help="fraction of each video after which frames are skipped")
+    # VideoX-Fun's ImageVideoControlDataset default since 3403651 (2026-04-16); docs/data-semantics.md
+    video_length_drop_start: float = option(0.0, help="fraction of each video skipped at the start")
+    video_length_drop_end: float = option(1.0, help="fraction of each video after which frames are skipped")
     random_frame_crop: bool = option(
         False, help="randomly shorten clips to simulate videos of different lengths"
     )
@@ -94,6 +96,14 @@ class DataConfig:
     training_with_video_token_length: bool = option(
         False, help="trade frames for resolution at a constant token budget"
     )
+    # Each family's own draws (docs/data-semantics.md): VideoX-Fun Wan 0.90/closest, CogVideoX-Fun 0.75/uniform.
+    downsample_first_prob: float = option(
+        0.90, help="--random_hw_adapt: probability of keeping the full size; the smaller sizes share the rest"
+    )
+    size_weighting: SizeWeighting = option(
+        "closest", help="--training_with_video_token_length: 'closest' gives the size nearest "
+        "--token_sample_size probability 0.5 and the others the rest; 'uniform' draws every size alike"
+    )
 
     # --- batches ----------------------------------------------------------------------------
     train_batch_size: int = option(1, help="samples per batch per process", flags=["--per_gpu_batch_size"])
@@ -103,3 +113,7 @@ class DataConfig:
         "lenient",
         help="a sample that fails to load: lenient skips it and counts it in the log, strict stops training",
     )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.downsample_first_prob <= 1.0:
+            raise ValueError(f"--downsample_first_prob {self.downsample_first_prob}: a probability, between 0 and 1")

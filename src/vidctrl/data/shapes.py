@@ -137,6 +137,8 @@ class BucketShaper:
                 training_with_video_token_length=config.training_with_video_token_length,
                 local_min_size=buckets.local_min_size(self.prescaled_h[members], self.prescaled_w[members]),
                 interval=self.frame_multiple,
+                downsample_first_prob=config.downsample_first_prob,
+                size_weighting=config.size_weighting,
             )
             if config.enable_bucket:
                 height, width = scale.bucket_hw(RATIO_KEYS[key % KIND_STRIDE])

@@ -54,6 +54,9 @@ from vidctrl.families.base import (
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
+# Its collate_fn's own draws (VideoX-Fun scripts/cogvideox_fun/train_control.py @ 804a425, CogVideoX-Fun
+# scripts/train_control.py @ 6c39567): no downscale with p 0.75, token-length sizes drawn uniformly.
+COGVIDEOX_FUN_DRAWS: dict[str, Any] = {"downsample_first_prob": 0.75, "size_weighting": "uniform"}
 NEGATIVE_PROMPT = (
     "The video is not of a high quality, it has a low resolution. Watermark present in each frame. "
     "The background is solid. Strange body and strange trajectory. Distortion. "
@@ -127,8 +130,8 @@ class CogVideoXFun(ModelFamily):
     """CogVideoX-Fun InP (33 input channels) and Control (32) on a CogVideoX transformer."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "cogvideox-fun-inp": {**COGVIDEOX_FUN_CLIPPING, "train_mode": "inpaint"},
-        "cogvideox-fun-control": {**COGVIDEOX_FUN_CLIPPING, "train_mode": "control"},
+        "cogvideox-fun-inp": {**COGVIDEOX_FUN_CLIPPING, **COGVIDEOX_FUN_DRAWS, "train_mode": "inpaint"},
+        "cogvideox-fun-control": {**COGVIDEOX_FUN_CLIPPING, **COGVIDEOX_FUN_DRAWS, "train_mode": "control"},
     }
     options_class: ClassVar[type] = CogVideoXFunOptions
     train_modes: ClassVar[tuple[str, ...]] = TRAIN_MODES

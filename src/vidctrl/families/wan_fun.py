@@ -120,6 +120,10 @@ class WanFunControl(ModelFamily):
             )
         if config.objective.loss_type not in (None, "flow"):
             raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
+        steps = config.objective.train_sampling_steps
+        if steps != 1000 and not config.objective.uniform_sampling:
+            raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
+                              "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
 
     def name_for_matching(self, name: str) -> str:
         # diffusers keeps the output modulation at the top level (`scale_shift_table`); VideoX-Fun calls
@@ -173,9 +177,10 @@ class WanFunControl(ModelFamily):
         from vidctrl.objectives.timesteps import build_index_sampler
 
         sampler = build_index_sampler(
-            num_indices=config.train_sampling_steps, weighting_scheme=config.weighting_scheme,
+            weighting_scheme=config.weighting_scheme,
             logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale,
             uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size,
+            train_sampling_steps=config.train_sampling_steps,  # under --uniform_sampling only, as VideoX-Fun
         )
         return FlowMatching(
             shift=self.options.flow_shift, sampler=sampler, weighting_scheme=config.weighting_scheme,

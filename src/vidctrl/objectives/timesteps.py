@@ -163,19 +163,28 @@ def build_index_sampler(
     uniform_sampling: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    train_sampling_steps: int | None = None,
 ) -> IndexSampler:
     """The sampler the seed flags select, as VideoX-Fun decides it.
 
     ``--uniform_sampling`` wins over ``--weighting_scheme`` for sampling (the scheme still sets
     the loss weighting, see `vidctrl.objectives.flow.loss_weighting`). Otherwise the scheme
     picks the density: logit_normal and mode have their own, the rest sample uniformly.
+
+    `train_sampling_steps` (``--train_sampling_steps``) narrows only the rank-stratified sampler
+    to the first that many indices: VideoX-Fun's flow trainers (scripts/wan2.1_fun/train_control.py,
+    EasyAnimate's scripts/train_control.py) give it to `DiscreteSampling` alone and draw the
+    densities from all `num_indices` (``u * num_train_timesteps``). None: the whole schedule.
     """
     if weighting_scheme not in WEIGHTING_SCHEMES:
         raise ValueError(
             f"unknown weighting scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
         )
     if uniform_sampling:
-        return RankStratifiedIndexSampler(num_indices, rank=rank, world_size=world_size)
+        stratified = num_indices if train_sampling_steps is None else train_sampling_steps
+        if stratified > num_indices:
+            raise ValueError(f"--train_sampling_steps {stratified} exceeds the {num_indices} steps of the schedule")
+        return RankStratifiedIndexSampler(stratified, rank=rank, world_size=world_size)
     if weighting_scheme == "logit_normal":
         return LogitNormalIndexSampler(num_indices, logit_mean=logit_mean, logit_std=logit_std)
     if weighting_scheme == "mode":

@@ -326,6 +326,7 @@ class StepReport:
     loss: float  # mean loss over the samples that loaded, on ranks whose loss is finite (else NaN)
     weight: float  # this rank's loss multiplier (see `agree`)
     nonfinite_ranks: tuple[int, ...]  # ranks whose loss is NaN/inf
+    stop: bool = False  # some rank was asked to stop (a signal, `signals.py`): all stop after this step
 
     @property
     def skipped(self) -> int:
@@ -333,8 +334,9 @@ class StepReport:
 
 
 def agree(accelerator: Accelerator, *, valid: int, planned: int, loss: torch.Tensor,
-          shape: tuple[int, int, int]) -> StepReport:
-    """One all-gather per micro-step: sample counts, loss, finiteness and the planned shape.
+          shape: tuple[int, int, int], stop: bool = False) -> StepReport:
+    """One all-gather per micro-step: sample counts, loss, finiteness, the planned shape and whether
+    this rank was asked to stop (a signal may reach one rank only, or the ranks at different steps).
 
     The loss multiplier of rank r is ``valid_r * world / valid_total``: DDP (and ZeRO, FSDP) average
     gradients over ranks, so the update is then the mean over every sample that loaded -- equal to
@@ -344,10 +346,10 @@ def agree(accelerator: Accelerator, *, valid: int, planned: int, loss: torch.Ten
     value = float(loss.detach().float().item())
     finite = math.isfinite(value)
     row = torch.tensor([valid, planned, value * valid if finite and valid else 0.0,
-                        0.0 if finite or not valid else 1.0, *shape], dtype=torch.float64)
+                        0.0 if finite or not valid else 1.0, *shape, float(stop)], dtype=torch.float64)
     world = accelerator.num_processes
     table = accelerator.gather(row.to(accelerator.device)[None]).cpu() if world > 1 else row[None]
-    shapes = {tuple(int(v) for v in r[4:].tolist()) for r in table}
+    shapes = {tuple(int(v) for v in r[4:7].tolist()) for r in table}
     if len(shapes) > 1:
         raise RuntimeError(f"ranks disagree on the shape of this step: {sorted(shapes)}; this is a vidctrl bug")
     valid_total = int(table[:, 0].sum().item())
@@ -359,6 +361,7 @@ def agree(accelerator: Accelerator, *, valid: int, planned: int, loss: torch.Ten
         loss=float(table[:, 2].sum().item()) / finite_valid if finite_valid else float("nan"),
         weight=valid * world / valid_total if valid_total else 0.0,
         nonfinite_ranks=nonfinite,
+        stop=bool(table[:, 7].any().item()),
     )
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from vidctrl.train.resume_changes import (
     report_changes,
 )
 from vidctrl.train.rng import rank_generator
+from vidctrl.train.signals import StopRequest, TrainingStopped
 from vidctrl.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -101,16 +103,18 @@ def train(config: TrainConfig, *, family: ModelFamily | None = None) -> TrainRes
     """Run training as configured; returns where everything went. Raises on any failure."""
     from accelerate.state import AcceleratorState
 
+    stop = StopRequest(enabled=config.run.save_on_signal)
     try:
         with ExitStack() as held:  # what the run holds until it ends, however it ends (output_dir's lock)
-            return _train(config, family, held)
+            return _train(config, family, held, stop)
     finally:
+        stop.restore()
         # accelerate keeps process-wide state; a second run in the same process (tests, notebooks)
         # may use another precision.
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> TrainResult:
+def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, stop: StopRequest) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -278,6 +282,8 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
     model.train()
     window = _Window()
     drop_update = False
+    stop_agreed = False  # some rank got SIGTERM/SIGINT: every rank saves after this optimizer step
+    stop.install()  # from here on a signal ends the run at a step boundary (before: as Python does)
     step_start = time.perf_counter()
     while global_step < max_steps:
         epoch = loader.epoch
@@ -304,7 +310,8 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
                     loss = objective.loss(prediction.float(), noised, weight=encoded.loss_weight)
                 shape = (requests[0].height, requests[0].width, requests[0].frames)
                 report = distributed.agree(accelerator, valid=batch["size"], planned=len(requests), loss=loss,
-                                           shape=shape)
+                                           shape=shape, stop=stop.requested)
+                stop_agreed = stop_agreed or report.stop
                 result.skipped_samples += report.skipped
                 media = encoded.media if batch["size"] else []
                 if report.nonfinite_ranks:
@@ -360,6 +367,13 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
 
             if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
                 save_checkpoint(global_step)
+            if stop_agreed and global_step < max_steps:
+                if global_step % run.checkpointing_steps != 0:
+                    save_checkpoint(global_step)
+                stopped = _stopped(stop, global_step, result.checkpoints[-1])  # before the launcher signals us
+                tracker.bar.close()
+                accelerator.end_training()
+                raise stopped
             if validation is not None and validation.due(global_step=global_step, epoch_end=False):
                 validate(global_step)
             step_start = time.perf_counter()
@@ -401,6 +415,15 @@ class _Window:
 
     def loss(self) -> float:
         return self.loss_sum / self.samples if self.samples else float("nan")
+
+
+def _stopped(stop: StopRequest, step: int, checkpoint: Path) -> TrainingStopped:
+    cause = f"on {stop.signal_name}" if stop.requested else "because another rank got SIGTERM/SIGINT"
+    return TrainingStopped(
+        f"stopped {cause} after step {step}; checkpoint saved in {checkpoint}. Resume with "
+        f"--resume_from_checkpoint {checkpoint} (or --resume_from_checkpoint latest)",
+        signum=stop.signum or signal.SIGTERM,
+    )
 
 
 def _bad_step(policy: str, step: int, what: str, media: list[str]) -> None:
