@@ -31,10 +31,6 @@ STEPS = ["--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "2", "--
 TOLERANCE = 1e-5
 
 
-def needs_deepspeed() -> None:
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'vidctrl[deepspeed]')")
-
-
 @pytest.fixture(scope="module")
 def one_process(tiny_model: Path, sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one process, global batch 2, 4 steps, checkpoints at 2 and 4."""
@@ -103,7 +99,6 @@ def test_two_ddp_ranks_follow_one_process_also_when_a_rank_skips_every_sample(
 def test_zero2_follows_one_process_and_clips_at_max_grad_norm(
     tiny_model: Path, sample_data: Path, one_process: Path, tmp_path: Path
 ) -> None:
-    needs_deepspeed()
     out = tmp_path / "zero2"
     run = launch(train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--max_train_steps", "4",
                             "--checkpointing_steps", "2", "--use_deepspeed"),
@@ -125,7 +120,6 @@ def test_zero2_follows_one_process_and_clips_at_max_grad_norm(
 def test_zero3_resumes_exactly_and_exports_bf16_diffusers_weights(
     tiny_model: Path, sample_data: Path, one_process: Path, tmp_path: Path
 ) -> None:
-    needs_deepspeed()
     out = tmp_path / "zero3"
     launcher = deepspeed_launch("config/zero_stage3_config.json", "--zero_stage", "3", "--zero3_init_flag", "true")
     common = train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--checkpointing_steps", "2")
@@ -231,7 +225,6 @@ def offload_asked_for() -> bool:
 
 def test_zero3_with_cpu_offload_follows_one_process(tiny_model: Path, sample_data: Path, one_process: Path,
                                                     tmp_path: Path) -> None:
-    needs_deepspeed()
     if not offload_asked_for():
         pytest.skip("ZeRO-3 with CPU offload runs with VIDCTRL_TEST_DS_OFFLOAD=1 (its first run compiles CPU Adam)")
     out = tmp_path / "offload"
