@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from mp_helpers import launch, make_data, make_model, metrics, weights
 
+from opt_in import opted_in
 from seed_commands import DOCS, SeedCommand, seed_commands, seed_doc
 from vidctrl.cli import main
 from vidctrl.families import all_presets
@@ -166,9 +167,7 @@ def _launch_line_runs_elsewhere(command: SeedCommand) -> bool:
     """Wan V1.0's three commands repeat V1.1's launch lines with other script flags (which the fast
     tests parse, and tests/train/test_wan_training.py trains); the suite runs V1.1's unless
     VIDCTRL_SEED_SUITE=all asks for every command."""
-    import os
-
-    if os.environ.get("VIDCTRL_SEED_SUITE") == "all" or preset_of(command) != "wan2.1-fun-control-v1.0":
+    if opted_in("VIDCTRL_SEED_SUITE") or preset_of(command) != "wan2.1-fun-control-v1.0":
         return False
     return any(preset_of(other) == "wan2.1-fun-control-v1.1" and other.launcher == command.launcher for other in COMMANDS)
 
