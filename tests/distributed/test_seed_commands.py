@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mp_helpers import launch, make_data, make_model, metrics, weights
+from mp_helpers import launch, make_model, metrics, weights
 
 from opt_in import opted_in
 from seed_commands import DOCS, SeedCommand, seed_commands, seed_doc
@@ -106,11 +106,10 @@ def test_script_flags_parse_with_the_seed_meaning(command: SeedCommand, tmp_path
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def assets(tmp_path_factory: pytest.TempPathFactory, videox_sample_data: Path,
+           dynamictrl_sample_data: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("seed-assets")
-    out = {"videox": make_data(root / "videox"), "dynamictrl": root / "dynamictrl"}
-    assert main(["data", "sample", "--out", str(out["dynamictrl"]), "--layout", "dynamictrl", "--num_videos", "3",
-                 "--num_images", "0"]) == 0
+    out = {"videox": videox_sample_data, "dynamictrl": dynamictrl_sample_data}
     from PIL import Image
 
     from vidctrl.data.video import read_frames

@@ -42,11 +42,8 @@ def train_args(preset: str, model: Path, data: Path, out: Path, *extra: str) -> 
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "videox", "--num_videos", "4",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(videox_sample_data: Path) -> Path:
+    return videox_sample_data
 
 
 @pytest.fixture(scope="module")

@@ -147,11 +147,8 @@ def test_dynamictrl_buckets_outside_dynamictrl_sampling_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "dynamictrl", "--num_videos", "3",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(dynamictrl_sample_data: Path) -> Path:
+    return dynamictrl_sample_data
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,8 @@ def with_paths(index: int, *, model: Path, data: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "videox", "--num_videos", "4",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(videox_sample_data: Path) -> Path:
+    return videox_sample_data
 
 
 @pytest.fixture(scope="module")
