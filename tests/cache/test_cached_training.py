@@ -44,14 +44,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = {}
-    for layout, count in (("videox", "4"), ("dynamictrl", "3")):
-        root = tmp_path_factory.mktemp(f"data-{layout}")
-        assert main(["data", "sample", "--out", str(root), "--layout", layout, "--num_videos", count,
-                     "--num_images", "0"]) == 0
-        out[layout] = root
-    return out
+def datasets(videox_sample_data: Path, dynamictrl_sample_data: Path) -> dict[str, Path]:
+    return {"videox": videox_sample_data, "dynamictrl": dynamictrl_sample_data}
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +219,12 @@ def test_an_interrupted_cache_run_completes_on_rerun_encoding_only_what_is_missi
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_cache_one_process_writes_and_train_from_it_like_one(tmp_path: Path) -> None:
-    from mp_helpers import launch, make_data, make_model, metrics, train_args
+def test_two_processes_write_the_cache_one_process_writes_and_train_from_it_like_one(
+    tmp_path: Path, videox_sample_data: Path
+) -> None:
+    from mp_helpers import launch, make_model, metrics, train_args
 
-    data, model = make_data(tmp_path / "data"), make_model(tmp_path / "model")
+    data, model = videox_sample_data, make_model(tmp_path / "model")
     steps = ["--max_train_steps", "3", "--checkpointing_steps", "100"]
     one = tmp_path / "one"
     assert main(["train", *train_args(model, data, one, *steps, "--train_batch_size", "2")]) == 0

@@ -306,7 +306,6 @@ def _dwpose_reference(body, hands, face, height, width):  # pragma: no cover - n
 
 
 def test_matches_an_opencv_rendering_pixel_for_pixel() -> None:
-    pytest.importorskip("cv2")
     rng = np.random.default_rng(7)
     for height, width in ((64, 64), (96, 64), (512, 384), (33, 47)):
         for _ in range(10):

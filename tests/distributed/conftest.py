@@ -1,16 +1,16 @@
-"""Fixtures for multi-process tests: one sample dataset and one tiny model per session."""
+"""Fixtures for multi-process tests: the session's sample dataset (tests/conftest.py) and one tiny model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from mp_helpers import make_data, make_model
+from mp_helpers import make_model
 
 
 @pytest.fixture(scope="session")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_data(tmp_path_factory.mktemp("mp-data"))
+def sample_data(videox_sample_data: Path) -> Path:
+    return videox_sample_data
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from mp_helpers import (
     weights,
 )
 
+from opt_in import opted_in
 from vidctrl.cli import main
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,6 @@ pytestmark = pytest.mark.slow
 STEPS = ["--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "2", "--max_grad_norm", "0.05",
          "--initial_grad_norm_ratio", "1", "--adam_epsilon", "1", "--learning_rate", "1"]
 TOLERANCE = 1e-5
-
-
-def needs_deepspeed() -> None:
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'vidctrl[deepspeed]')")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +100,6 @@ def test_two_ddp_ranks_follow_one_process_also_when_a_rank_skips_every_sample(
 def test_zero2_follows_one_process_and_clips_at_max_grad_norm(
     tiny_model: Path, sample_data: Path, one_process: Path, tmp_path: Path
 ) -> None:
-    needs_deepspeed()
     out = tmp_path / "zero2"
     run = launch(train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--max_train_steps", "4",
                             "--checkpointing_steps", "2", "--use_deepspeed"),
@@ -125,7 +121,6 @@ def test_zero2_follows_one_process_and_clips_at_max_grad_norm(
 def test_zero3_resumes_exactly_and_exports_bf16_diffusers_weights(
     tiny_model: Path, sample_data: Path, one_process: Path, tmp_path: Path
 ) -> None:
-    needs_deepspeed()
     out = tmp_path / "zero3"
     launcher = deepspeed_launch("config/zero_stage3_config.json", "--zero_stage", "3", "--zero3_init_flag", "true")
     common = train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--checkpointing_steps", "2")
@@ -221,25 +216,16 @@ def test_strict_mode_on_two_ranks_stops_at_the_bad_sample_naming_it(
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
-def offload_asked_for() -> bool:
-    """DeepSpeed compiles its CPU Adam (needed to offload the optimizer) at first use, for about a
-    minute, and the run costs as much as the ZeRO-3 one: opt in with VIDCTRL_TEST_DS_OFFLOAD=1."""
-    import os
+if opted_in("VIDCTRL_TEST_DS_OFFLOAD"):  # collected only when asked for: DeepSpeed compiles its CPU Adam first
 
-    return os.environ.get("VIDCTRL_TEST_DS_OFFLOAD") == "1"
-
-
-def test_zero3_with_cpu_offload_follows_one_process(tiny_model: Path, sample_data: Path, one_process: Path,
-                                                    tmp_path: Path) -> None:
-    needs_deepspeed()
-    if not offload_asked_for():
-        pytest.skip("ZeRO-3 with CPU offload runs with VIDCTRL_TEST_DS_OFFLOAD=1 (its first run compiles CPU Adam)")
-    out = tmp_path / "offload"
-    run = launch(train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--max_train_steps", "4",
-                            "--checkpointing_steps", "4"),
-                 launcher=deepspeed_launch("config/zero_stage3_config_cpu_offload.json"), timeout=240)
-    assert run.returncode == 0, run.output[-3000:]
-    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["extra"]["engine"] == "deepspeed-zero3-offload"
-    # DeepSpeedCPUAdam is not torch's AdamW: the same curve up to its own float order
-    assert metrics(out) == pytest.approx(metrics(one_process), rel=1e-3)
+    def test_zero3_with_cpu_offload_follows_one_process(tiny_model: Path, sample_data: Path, one_process: Path,
+                                                        tmp_path: Path) -> None:
+        out = tmp_path / "offload"
+        run = launch(train_args(tiny_model, sample_data, out, *STEPS, "--train_batch_size", "1", "--max_train_steps", "4",
+                                "--checkpointing_steps", "4"),
+                     launcher=deepspeed_launch("config/zero_stage3_config_cpu_offload.json"), timeout=240)
+        assert run.returncode == 0, run.output[-3000:]
+        state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+        assert state["extra"]["engine"] == "deepspeed-zero3-offload"
+        # DeepSpeedCPUAdam is not torch's AdamW: the same curve up to its own float order
+        assert metrics(out) == pytest.approx(metrics(one_process), rel=1e-3)

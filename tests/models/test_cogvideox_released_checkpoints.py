@@ -4,21 +4,14 @@ nothing downloaded. The one tolerated extra key is a top-level ``pos_embedding``
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reference_checkpoints import reference_json
 from vidctrl.models.cogvideox.components import build_transformer, transformer_key_map
 from vidctrl.models.loading import ShapeReader, StrictLoadError, plan_and_check
 
-CHECKPOINTS = Path(
-    os.environ.get(
-        "VIDCTRL_REFERENCE_CHECKPOINTS", Path(__file__).resolve().parents[3] / "shared/reference/checkpoints"
-    )
-)
 FUN = [
     "CogVideoX-Fun-V1.1-2b-InP",
     "CogVideoX-Fun-V1.1-2b-Control",
@@ -28,19 +21,12 @@ FUN = [
 STRAY_SHAPE = [1, 17776, 3072]  # 226 text + 13 x 30 x 45 video positions of the 5B sample size
 
 
-def reference_json(name: str) -> dict[str, Any]:
-    path = CHECKPOINTS / f"{name}__diffusers.json"
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not available")
-    return json.loads(path.read_text())
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, tuple[Any, dict[str, Any]]]:
     """One meta-device model per released config (building them is the slow part)."""
     out = {}
     for name in [*FUN, "CogVideoX1.5-5B-I2V"]:
-        ref = reference_json(name)
+        ref = reference_json(f"{name}__diffusers")
         out[name] = (build_transformer(ref["config"]), ref)
     return out
 

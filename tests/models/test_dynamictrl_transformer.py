@@ -4,8 +4,6 @@ released CogVideoX1.5-5B-I2V and DynamiCtrl key lists at full size on the meta d
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
 
+from reference_checkpoints import reference_json
 from vidctrl.families.dynamictrl import write_tiny_dynamictrl
 from vidctrl.models.cogvideox.components import (
     build_transformer,
@@ -26,19 +25,7 @@ from vidctrl.models.cogvideox.padaln import (
 )
 from vidctrl.models.loading import ShapeReader, StrictLoadError, identity_key_map, plan_and_check
 
-CHECKPOINTS = Path(
-    os.environ.get(
-        "VIDCTRL_REFERENCE_CHECKPOINTS", Path(__file__).resolve().parents[3] / "shared/reference/checkpoints"
-    )
-)
 BLOCKS, DIM, TEMB = 42, 3072, 512
-
-
-def reference_json(name: str) -> dict[str, Any]:
-    path = CHECKPOINTS / name
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not available")
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +199,7 @@ def test_plain_diffusers_loads_a_saved_dynamictrl_transformer_without_its_padaln
 
 
 def test_released_dynamictrl_keys_load_strictly_at_full_size() -> None:
-    ref = reference_json("DynamiCtrl-5B__original.json")
+    ref = reference_json("DynamiCtrl-5B__original")
     model = build_transformer(ref["config"], DynamiCtrlTransformer3DModel)
     _, report = plan_and_check(model, ShapeReader(ref["keys"]), identity_key_map())
     if not report.ok:
@@ -225,8 +212,8 @@ def test_released_dynamictrl_keys_load_strictly_at_full_size() -> None:
 
 
 def test_released_cogvideox15_i2v_keys_load_strictly_and_gain_every_padaln_layer() -> None:
-    base = reference_json("CogVideoX1.5-5B-I2V__diffusers.json")
-    dynamictrl = reference_json("DynamiCtrl-5B__original.json")
+    base = reference_json("CogVideoX1.5-5B-I2V__diffusers")
+    dynamictrl = reference_json("DynamiCtrl-5B__original")
     assert base["config"] == dynamictrl["config"]
     model = build_transformer(base["config"], DynamiCtrlTransformer3DModel)
     _, report = plan_and_check(model, ShapeReader(base["keys"]), identity_key_map())
@@ -246,7 +233,7 @@ def test_released_cogvideox15_i2v_keys_load_strictly_and_gain_every_padaln_layer
 
 
 def test_a_checkpoint_with_some_padaln_layers_missing_is_refused_not_filled_in() -> None:
-    ref = reference_json("DynamiCtrl-5B__original.json")
+    ref = reference_json("DynamiCtrl-5B__original")
     lost = [k for k in ref["keys"] if k.startswith("transformer_blocks.7.control_norm1.")]
     keys = {k: v for k, v in ref["keys"].items() if k not in lost}
     model = build_transformer(ref["config"], DynamiCtrlTransformer3DModel)

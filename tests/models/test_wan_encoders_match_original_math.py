@@ -20,7 +20,7 @@ from vidctrl.models.wan import ORIGINAL_FILES, load_wan_components
 @pytest.fixture(autouse=True)
 def two_threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, previous))  # at most 2, and no more than an xdist worker's share
     yield
     torch.set_num_threads(previous)
 

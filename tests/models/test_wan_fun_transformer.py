@@ -12,7 +12,7 @@ FRAMES, SIZE = 3, 8  # latent grid of a 9-frame 64x64 video
 @pytest.fixture(autouse=True)
 def two_threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, previous))  # at most 2, and no more than an xdist worker's share
     yield
     torch.set_num_threads(previous)
 

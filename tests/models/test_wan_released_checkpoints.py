@@ -1,15 +1,11 @@
 """Every released Wan2.1-Fun file loads strictly: full-size models on the meta device, keys from the
 reference key lists (as a safetensors header would give them), nothing downloaded."""
 
-import json
-import os
-from pathlib import Path
-from typing import Any
-
 import pytest
 from diffusers import AutoencoderKLWan
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, UMT5Config, UMT5EncoderModel
 
+from reference_checkpoints import reference_json
 from vidctrl.models.loading import (
     ShapeReader,
     StrictLoadError,
@@ -29,22 +25,6 @@ from vidctrl.models.wan.keymap import (
     vae_key_map,
 )
 from vidctrl.models.wan.transformer import WanFunControlTransformer3DModel
-
-# shared/reference/checkpoints next to the repository; VIDCTRL_REFERENCE_CHECKPOINTS overrides.
-CHECKPOINTS = Path(
-    os.environ.get(
-        "VIDCTRL_REFERENCE_CHECKPOINTS", Path(__file__).resolve().parents[3] / "shared/reference/checkpoints"
-    )
-)
-
-
-def reference_json(name: str) -> dict[str, Any]:
-    """One key/shape list of a released checkpoint."""
-    path = CHECKPOINTS / name
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not available")
-    return json.loads(path.read_text())
-
 
 VIDEOXFUN = [
     "Wan2.1-Fun-1.3B-Control",
@@ -66,7 +46,7 @@ def assert_strict_match(model, keys, key_map, what):
 
 @pytest.mark.parametrize("name", VIDEOXFUN)
 def test_released_videoxfun_transformer_loads_strictly_at_full_size(name):
-    ref = reference_json(f"{name}__videoxfun.json")
+    ref = reference_json(f"{name}__videoxfun")
     config = transformer_config_from_original(ref["config"], ref["keys"])
     with empty_weights():
         model = WanFunControlTransformer3DModel.from_config(config)
@@ -80,8 +60,8 @@ def test_released_videoxfun_transformer_loads_strictly_at_full_size(name):
 
 @pytest.mark.parametrize("name", DIFFUSERS)
 def test_transformer_key_map_reproduces_every_listed_diffusers_rename(name):
-    original = reference_json(f"{name}__videoxfun.json")
-    converted = reference_json(f"{name}__diffusers.json")
+    original = reference_json(f"{name}__videoxfun")
+    converted = reference_json(f"{name}__diffusers")
     key_map = transformer_key_map()
     renames = converted["rename_map_original_to_diffusers"]
     assert set(renames) == set(original["keys"])
@@ -92,13 +72,13 @@ def test_transformer_key_map_reproduces_every_listed_diffusers_rename(name):
 
 @pytest.mark.parametrize("name", DIFFUSERS)
 def test_diffusers_layout_transformer_with_fun_modules_loads_strictly(name):
-    ref = reference_json(f"{name}__diffusers.json")
+    ref = reference_json(f"{name}__diffusers")
     keys = {**ref["keys"], **ref["original_only_keys_after_rename"]}
     config = {**ref["config"], **fun_module_config(ref["config"], keys)}
     with empty_weights():
         model = WanFunControlTransformer3DModel.from_config(config)
     assert_strict_match(model, keys, identity_key_map(), name)
-    original = reference_json(f"{name}__videoxfun.json")
+    original = reference_json(f"{name}__videoxfun")
     from_original = transformer_config_from_original(original["config"], original["keys"])
     assert {k: from_original[k] for k in ref["config"]} == {
         k: (list(v) if isinstance(v, tuple) else v) for k, v in ref["config"].items()
@@ -106,8 +86,8 @@ def test_diffusers_layout_transformer_with_fun_modules_loads_strictly(name):
 
 
 def test_released_vae_loads_strictly_and_its_config_is_read_off_its_shapes():
-    original = reference_json("Wan2.1_VAE.pth__original.json")
-    converted = reference_json("Wan2.1_VAE__diffusers.json")
+    original = reference_json("Wan2.1_VAE.pth__original")
+    converted = reference_json("Wan2.1_VAE__diffusers")
     config = vae_config_from_original(original["keys"])
     assert {k: converted["config"][k] for k in config} == config
     with empty_weights():
@@ -122,7 +102,7 @@ def test_released_vae_loads_strictly_and_its_config_is_read_off_its_shapes():
 
 
 def test_released_umt5_encoder_loads_strictly_into_transformers_umt5():
-    ref = reference_json("models_t5_umt5-xxl-enc-bf16.pth__original.json")
+    ref = reference_json("models_t5_umt5-xxl-enc-bf16.pth__original")
     config = umt5_config_from_original(ref["keys"])
     wan = ref["config"]
     assert (
@@ -140,7 +120,7 @@ def test_released_umt5_encoder_loads_strictly_into_transformers_umt5():
 
 
 def test_released_clip_vision_tower_loads_strictly_and_only_the_text_tower_is_left_out():
-    ref = reference_json("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth__original.json")
+    ref = reference_json("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth__original")
     config = clip_config_from_original(ref["keys"])
     assert (
         config["hidden_size"],

@@ -31,7 +31,7 @@ def public(config) -> dict:
 @pytest.fixture(autouse=True)
 def two_threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, previous))  # at most 2, and no more than an xdist worker's share
     yield
     torch.set_num_threads(previous)
 

@@ -5,8 +5,6 @@ noises on the schedule validation samples with; the inpaint condition follows Co
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from seed_commands import plain_commands
 from vidctrl.cli import main
 from vidctrl.config.train import ConfigError, parse_train_config
-
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SEED_DOC = SHARED / "seeds" / "004_6f7a18b59cc1736a.txt"
 
 SCALE_DOWN = [
     "--image_sample_size", "64", "--video_sample_size", "64", "--token_sample_size", "64",
@@ -28,49 +24,26 @@ SCALE_DOWN = [
 ]
 PRESETS = ("cogvideox-fun-inp", "cogvideox-fun-control")
 
-pytestmark = pytest.mark.skipif(not SEED_DOC.exists(), reason="shared/seeds is not beside this checkout")
-
-
-def seed_command() -> list[str]:
-    """The script arguments of the seed doc's `accelerate launch` without DeepSpeed."""
-    blocks = re.findall(r"accelerate launch (.*?)```", SEED_DOC.read_text(), flags=re.S)
-    plain = [b for b in blocks if "deepspeed" not in b.split("\n")[0]]
-    assert len(plain) == 1
-    words = shlex.split(plain[0].replace("\\\n", " "))
-    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-    return words[script + 1 :]
-
-
-def command_for(preset: str) -> list[str]:
-    """The InP doc's command; Control's (CogVideoX-Fun README_TRAIN_CONTROL) is the same without
+def with_paths(preset: str, *, model: Path, data: Path, out: Path) -> list[str]:
+    """The seed doc's single-process command, its model and data variables set to ours, the output
+    folder appended. Control's command (CogVideoX-Fun README_TRAIN_CONTROL) is InP's without
     --train_mode, which train_control.py does not take."""
-    args = seed_command()
+    (command,) = plain_commands("CogVideoX-Fun")
+    values = {"MODEL_NAME": model, "DATASET_NAME": data, "DATASET_META_NAME": data / "metadata.json"}
+    args = command.args_with(values)
     if preset == "cogvideox-fun-control":
         args = [a for a in args if not a.startswith("--train_mode")]
-    return args
-
-
-def with_paths(args: list[str], *, model: Path, data: Path, out: Path) -> list[str]:
-    replaced = [
-        arg.replace("$MODEL_NAME", str(model))
-        .replace("$DATASET_META_NAME", str(data / "metadata.json"))
-        .replace("$DATASET_NAME", str(data))
-        for arg in args
-    ]
-    return [*replaced, "--output_dir", str(out)]
+    return [*args, "--output_dir", str(out)]
 
 
 def train_args(preset: str, model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    args = with_paths(command_for(preset), model=model, data=data, out=out)
+    args = with_paths(preset, model=model, data=data, out=out)
     return ["train", "--preset", preset, *args, *SCALE_DOWN, *extra]
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "videox", "--num_videos", "4",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(videox_sample_data: Path) -> Path:
+    return videox_sample_data
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +58,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_seed_command_parses_every_flag_with_the_seed_meaning(tmp_path: Path) -> None:
-    args = with_paths(seed_command(), model=tmp_path / "m", data=tmp_path / "d", out=tmp_path / "o")
+    args = with_paths("cogvideox-fun-inp", model=tmp_path / "m", data=tmp_path / "d", out=tmp_path / "o")
     config = parse_train_config(["--preset", "cogvideox-fun-inp", *args])
     data, optim, model = config.data, config.optim, config.model
     assert data.video_sample_n_frames == 49 and data.video_sample_stride == 3 and data.train_batch_size == 4
@@ -103,7 +76,7 @@ def test_seed_command_parses_every_flag_with_the_seed_meaning(tmp_path: Path) ->
 
 
 def test_control_preset_takes_the_control_doc_command(tmp_path: Path) -> None:
-    args = with_paths(command_for("cogvideox-fun-control"), model=tmp_path / "m", data=tmp_path / "d",
+    args = with_paths("cogvideox-fun-control", model=tmp_path / "m", data=tmp_path / "d",
                       out=tmp_path / "o")
     config = parse_train_config(["--preset", "cogvideox-fun-control", *args])
     assert config.model.train_mode == "control" and config.data.seed == 42  # from the preset

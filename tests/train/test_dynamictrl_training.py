@@ -6,8 +6,6 @@ bit and validates to mp4; DynamiCtrl's size and frame buckets plan the batches."
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seed_commands import SeedCommand, doc_commands
 from vidctrl.cli import main
 from vidctrl.config.train import ConfigError, parse_train_config
 from vidctrl.data.clips import ClipRules
@@ -24,9 +23,6 @@ from vidctrl.data.records import Record
 from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS, BucketShaper, plan_table
 from vidctrl.families.dynamictrl import frame_count_problem, write_tiny_dynamictrl
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SEED_DOC = SHARED / "seeds" / "000_76007a477fde631c.txt"
-
 SCALE_DOWN = [
     "--height_buckets", "64", "--width_buckets", "64", "--height", "64", "--width", "64",
     "--frame_buckets", "5", "--max_num_frames", "5", "--train_batch_size", "1", "--dataloader_num_workers", "0",
@@ -34,37 +30,25 @@ SCALE_DOWN = [
     "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
 ]
 
-needs_seed_doc = pytest.mark.skipif(not SEED_DOC.exists(), reason="shared/seeds is not beside this checkout")
+def seed_command() -> SeedCommand:
+    """The doc's `cmd="accelerate launch ... dynamictrl_sft_finetune.py ..."`, built in a loop over its
+    hyper-parameter arrays (one value each)."""
+    (command,) = doc_commands("DynamiCtrl")
+    return command
 
 
-def seed_command() -> list[str]:
-    """The script arguments of the seed doc's `cmd="accelerate launch ... dynamictrl_sft_finetune.py ..."`,
-    with the doc's shell variables filled in from its own assignments."""
-    text = SEED_DOC.read_text()
-    body = re.search(r'dynamictrl_sft_finetune\.py(.*?[^\\])"', text, flags=re.S)
-    assert body is not None
-    args = body.group(1).replace('\\"', '"').replace("\\\n", " ")
-    variables = dict(re.findall(r'^(\w+)="([^"]*)"', text, flags=re.M))
-    variables.update(re.findall(r'^(\w+)=\("([^"]*)"\)', text, flags=re.M))
-    variables.update(learning_rate=variables["LEARNING_RATES"], lr_schedule=variables["LR_SCHEDULES"],
-                     optimizer=variables["OPTIMIZERS"], steps=variables["MAX_TRAIN_STEPS"], output_dir="OUT")
-    args = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), args)
-    return shlex.split(args)
+def with_paths(*, model: Path, data: Path, out: Path, image: Path, pose: Path) -> list[str]:
+    """The seed command's script flags, the doc's variables for the model, data and output set to ours
+    and its validation image and driving video (literal paths in the command) replaced."""
+    return seed_command().args_with(
+        {"MODEL_PATH": model, "DATA_ROOT": data, "output_dir": out},
+        replace={"/home/user/data/dynamictrl_train/test.jpg": image,
+                 "/home/user/data/dynamictrl_train/test_driving_video.mp4": pose},
+    )
 
 
-def with_paths(args: list[str], *, model: Path, data: Path, out: Path, image: Path, pose: Path) -> list[str]:
-    replaced = []
-    for arg in args:
-        arg = arg.replace("./checkpoints/DynamiCtrl", str(model)).replace("/home/user/data/Traing_data", str(data))
-        arg = arg.replace("/home/user/data/dynamictrl_train/test.jpg", str(image))
-        arg = arg.replace("/home/user/data/dynamictrl_train/test_driving_video.mp4", str(pose))
-        replaced.append(str(out) if arg == "OUT" else arg)
-    return replaced
-
-
-@needs_seed_doc
 def test_seed_command_parses_every_flag_with_the_seed_meaning(tmp_path: Path) -> None:
-    args = seed_command()
+    args = seed_command().script_args
     assert "--enable_control_pose" in args and "--pose_control_function" in args
     config = parse_train_config(["--preset", "dynamictrl", *args])
     data, family, optim, validation = config.data, config.family, config.optim, config.validation
@@ -163,11 +147,8 @@ def test_dynamictrl_buckets_outside_dynamictrl_sampling_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "dynamictrl", "--num_videos", "3",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(dynamictrl_sample_data: Path) -> Path:
+    return dynamictrl_sample_data
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +171,7 @@ def reference_image(sample_data: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def train_args(model: Path, data: Path, out: Path, image: Path, *extra: str) -> list[str]:
-    args = with_paths(seed_command(), model=model, data=data, out=out, image=image,
+    args = with_paths(model=model, data=data, out=out, image=image,
                       pose=data / "poses" / "video_000.mp4")
     return ["train", "--preset", "dynamictrl", *args, *SCALE_DOWN, *extra]
 
@@ -203,7 +184,6 @@ def metric(out: Path, key: str) -> list[float]:
     return [json.loads(line)[key] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@needs_seed_doc
 @pytest.mark.slow
 def test_seed_command_trains_checkpoints_resumes_bit_exactly_and_validates(
     tiny_model: Path, sample_data: Path, reference_image: Path, tmp_path: Path
@@ -235,7 +215,6 @@ def test_seed_command_trains_checkpoints_resumes_bit_exactly_and_validates(
     assert (straight / "validation" / "step-4" / "sample-0.png").stat().st_size > 0
 
 
-@needs_seed_doc
 @pytest.mark.slow
 def test_a_cogvideox15_i2v_base_gains_zero_initialised_padaln_that_trains(
     tiny_model: Path, sample_data: Path, reference_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -4,19 +4,15 @@ checkpoints, resumes bit for bit, validates to mp4, and its transformer loads in
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from seed_commands import plain_commands
 from vidctrl.cli import main
 from vidctrl.config.train import ConfigError, parse_train_config
-
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SEED_DOC = SHARED / "seeds" / "002_60a58ad940286ce4.txt"
 
 SCALE_DOWN = [
     "--image_sample_size", "64", "--video_sample_size", "64", "--token_sample_size", "64",
@@ -24,38 +20,17 @@ SCALE_DOWN = [
     "--mixed_precision", "no", "--report_to", "none", "--learning_rate", "1e-3",
 ]
 
-pytestmark = pytest.mark.skipif(not SEED_DOC.exists(), reason="shared/seeds is not beside this checkout")
-
-
-def seed_commands() -> list[list[str]]:
-    """The script arguments of every non-DeepSpeed `accelerate launch` block in the Wan seed doc."""
-    text = SEED_DOC.read_text()
-    commands = []
-    for block in re.findall(r"accelerate launch (.*?)```", text, flags=re.S):
-        if "deepspeed" in block.split("\n")[0] or "--train_mode" not in block:
-            continue  # DeepSpeed launches belong to the scale-out issue; skip the bare launcher example
-        words = shlex.split(block.replace("\\\n", " "))
-        script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-        commands.append(words[script + 1 :])
-    return commands
-
-
-def with_paths(args: list[str], *, model: Path, data: Path, out: Path) -> list[str]:
-    replaced = [
-        arg.replace("$MODEL_NAME", str(model))
-        .replace("$DATASET_META_NAME", str(data / "metadata.json"))
-        .replace("$DATASET_NAME", str(data))
-        for arg in args
-    ]
-    return [*replaced, "--output_dir", str(out)]
+def with_paths(index: int, *, model: Path, data: Path, out: Path) -> list[str]:
+    """The seed doc's single-process command `index` (0: V1.1, 1: V1.0), its model and data variables
+    set to ours, the output folder appended."""
+    command = plain_commands("Wan2.1-Fun")[index]
+    values = {"MODEL_NAME": model, "DATASET_NAME": data, "DATASET_META_NAME": data / "metadata.json"}
+    return [*command.args_with(values), "--output_dir", str(out)]
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    assert main(["data", "sample", "--out", str(root), "--layout", "videox", "--num_videos", "4",
-                 "--num_images", "0"]) == 0
-    return root
+def sample_data(videox_sample_data: Path) -> Path:
+    return videox_sample_data
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +44,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_seed_doc_has_the_v1_1_and_v1_0_commands() -> None:
-    commands = seed_commands()
+    commands = [c.script_args for c in plain_commands("Wan2.1-Fun")]
     modes = {next(a for a in c if a.startswith("--control_ref_image")) for c in commands}
     assert len(commands) == 2 and modes == {"--control_ref_image=random", "--control_ref_image=first_frame"}
 
 
 @pytest.mark.parametrize(("index", "preset"), [(0, "wan2.1-fun-control-v1.1"), (1, "wan2.1-fun-control-v1.0")])
 def test_seed_command_parses_every_flag_with_the_seed_meaning(index: int, preset: str, tmp_path: Path) -> None:
-    args = with_paths(seed_commands()[index], model=tmp_path / "m", data=tmp_path / "d", out=tmp_path / "o")
+    args = with_paths(index, model=tmp_path / "m", data=tmp_path / "d", out=tmp_path / "o")
     config = parse_train_config(["--preset", preset, *args])
     assert config.data.video_sample_n_frames == 81 and config.data.video_sample_stride == 2
     assert config.data.enable_bucket and config.data.random_hw_adapt and config.data.training_with_video_token_length
@@ -99,7 +74,7 @@ def test_flags_the_preset_cannot_honour_are_refused_with_the_reason() -> None:
 
 def train_args(preset: str, model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     index = 0 if preset == "wan2.1-fun-control-v1.1" else 1
-    args = with_paths(seed_commands()[index], model=model, data=data, out=out)
+    args = with_paths(index, model=model, data=data, out=out)
     return ["train", "--preset", preset, *args, *SCALE_DOWN, *extra]
 
 
