@@ -166,6 +166,8 @@ def run_flags(preset: str, inputs: dict[str, Path], out: Path) -> list[str]:
         return [*videox, "--validation_images", str(inputs["image"])]
     if preset.startswith("wan"):
         videox.append("--motion_sub_loss")  # its ratio is read only with it
+    if preset == "wan2.1-fun-control-camera":  # validation follows a camera trajectory
+        return [*videox, "--validation_control_videos", str(data / "v0.txt")]
     return [*videox, "--validation_control_videos", str(inputs["control"])]
 
 
