@@ -148,6 +148,7 @@ class RunLock:
         self.owner = LockOwner.current(what, token)
         self.lost: str | None = None
         self._held = False
+        self._created_folder = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,6 +169,7 @@ class RunLock:
             ) from err
 
     def _acquire(self) -> RunLock:
+        self._created_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(8):  # a lost race against another starting run is retried, then it is theirs
             if self._create():
@@ -270,6 +272,9 @@ class RunLock:
             current = LockOwner.read(self.path)
             if current is not None and current.token == self.token:
                 self.path.unlink(missing_ok=True)
+            if self._created_folder:  # a run that stopped before writing anything leaves no trace
+                with suppress(OSError):
+                    self.folder.rmdir()  # only if empty
         self._held = False
 
     def __enter__(self) -> RunLock:

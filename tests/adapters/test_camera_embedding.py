@@ -250,3 +250,73 @@ def test_bad_inputs_are_reported() -> None:
         relative_camera_to_world(np.stack([IDENTITY_W2C, np.zeros((3, 4))]))
     with pytest.raises(ValueError, match="num_frames"):
         resample_trajectory(np.ones((2, 4)), np.stack([IDENTITY_W2C] * 2), 0)
+
+
+def videox_training_camera_input(rows: np.ndarray, resize_h: int, resize_w: int, crop_h: int,
+                                 crop_w: int) -> torch.Tensor:
+    """VideoX-Fun's Control-Camera training input, written out from its code (train_control.py:
+    `process_pose_params(rows, height=resize_h, width=resize_w)` with a 1280x720 source, torchvision's
+    `CenterCrop(closest_size)`, then the repeat / view / transpose packing): (24, F_latent, crop_h, crop_w)."""
+    fx, fy, cx, cy = rows[:, 1:5].T.copy()
+    if resize_w / resize_h < 1280 / 720:
+        fx = resize_h * (1280 / 720) * fx / resize_w
+    else:
+        fy = resize_w / (1280 / 720) * fy / resize_h
+    k = torch.as_tensor(np.stack([fx * resize_w, fy * resize_h, cx * resize_w, cy * resize_h], 1), dtype=torch.float32)
+    w2c = np.tile(np.eye(4), (len(rows), 1, 1))
+    w2c[:, :3] = rows[:, 7:].reshape(-1, 3, 4)
+    c2w = torch.as_tensor(np.array([np.eye(4)] + [w2c[0] @ np.linalg.inv(m) for m in w2c[1:]]), dtype=torch.float32)
+    j, i = torch.meshgrid(torch.linspace(0, resize_h - 1, resize_h), torch.linspace(0, resize_w - 1, resize_w),
+                          indexing="ij")
+    i, j = i.reshape(1, -1) + 0.5, j.reshape(1, -1) + 0.5
+    xs, ys = (i - k[:, 2:3]) / k[:, 0:1], (j - k[:, 3:4]) / k[:, 1:2]
+    directions = torch.stack([xs, ys, torch.ones_like(xs)], -1)
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    rays_d = directions @ c2w[:, :3, :3].transpose(-1, -2)
+    rays_o = c2w[:, None, :3, 3].expand_as(rays_d)
+    plucker = torch.cat([torch.cross(rays_o, rays_d, dim=-1), rays_d], -1)
+    plucker = plucker.reshape(len(rows), resize_h, resize_w, 6).permute(0, 3, 1, 2)
+    top, left = round((resize_h - crop_h) / 2.0), round((resize_w - crop_w) / 2.0)
+    return original_packing(plucker[:, :, top : top + crop_h, left : left + crop_w])
+
+
+@pytest.mark.parametrize(("video_h", "video_w"), [(128, 72), (72, 128)], ids=["9:16", "16:9"])
+def test_transformer_camera_input_matches_videox_resize_then_crop_geometry(video_h: int, video_w: int,
+                                                                            tmp_path) -> None:
+    import json
+
+    from vidctrl.data.camera import CameraTrajectory, write_camera_txt
+    from vidctrl.data.config import DataConfig
+    from vidctrl.data.loader import build_loader
+    from vidctrl.data.video import write_video
+    from vidctrl.families.wan_fun import WanFunControl, WanFunOptions
+
+    frames, poses = 13, 17  # the file is stretched over the video first, as in the original
+    write_video(tmp_path / "v.mp4", [np.full((video_h, video_w, 3), 9 * k, dtype=np.uint8) for k in range(frames)],
+                fps=8)
+    intrinsics, w2c = random_trajectory(poses, seed=7)
+    rows = np.concatenate([np.arange(poses)[:, None], intrinsics, np.zeros((poses, 2)), w2c.reshape(poses, 12)], 1)
+    write_camera_txt(tmp_path / "v.txt", CameraTrajectory.from_array(rows))
+    (tmp_path / "meta.json").write_text(json.dumps(
+        [{"file_path": "v.mp4", "control_file_path": "v.txt", "text": "a room", "type": "video"}]))
+    config = DataConfig(train_data_meta=tmp_path / "meta.json", train_data_dir=tmp_path, video_sample_n_frames=9,
+                        video_sample_stride=1, video_sample_size=64, image_sample_size=64, token_sample_size=64,
+                        enable_bucket=True, train_batch_size=1, seed=3)  # type: ignore[call-arg]
+    batch = next(iter(build_loader(config)))
+    _, _, crop_h, crop_w, _ = batch["pixels"].shape
+    indices = batch["frame_indices"][0].numpy()
+
+    family = WanFunControl("wan2.1-fun-control-camera", WanFunOptions(), train_mode="control_camera_ref")
+    ours = family.camera_condition(family.camera_inputs(batch))[0]
+
+    # The frames are resized to cover the bucket (`int` of the scaled side) and centre-cropped.
+    if crop_h / video_h > crop_w / video_w:
+        resize_h, resize_w = crop_h, int(video_w * crop_h / video_h)
+    else:
+        resize_h, resize_w = int(video_h * crop_w / video_w), crop_w
+    assert (resize_h, resize_w) != (crop_h, crop_w)  # the crop is exercised
+    stretched = torch.nn.functional.interpolate(torch.as_tensor(rows)[None, None], size=(frames, 19),
+                                                mode="bilinear", align_corners=True)[0, 0].numpy()
+    expected = videox_training_camera_input(stretched[indices], resize_h, resize_w, crop_h, crop_w)
+    assert ours.shape == expected.shape == (24, (len(indices) - 1) // 4 + 1, crop_h, crop_w)
+    assert (ours - expected).abs().max() < 1e-5

@@ -10,6 +10,7 @@ import pytest
 from vidctrl.data.config import DataConfig
 from vidctrl.data.layouts import LAYOUTS, load_dataset, read_layout, source_of, write_layout
 from vidctrl.data.layouts.controlnext import load_frame_meta
+from vidctrl.data.loader import load_manifest
 from vidctrl.data.records import DataError, ImportResult, Problem, Record
 
 PATH_FIELDS = ("media", "control", "camera", "meta_info")
@@ -209,6 +210,42 @@ def test_csv_problems_name_the_line(tmp_path: Path) -> None:
         ("malformed_entry", "line 6"),
         ("relative_to_cwd", ""),
     ]
+
+
+def test_csv_unterminated_quote_is_an_error_naming_the_line_where_it_opens(tmp_path: Path) -> None:
+    meta = tmp_path / "m.csv"
+    meta.write_text('file_path,text,type\na.mp4,ok,video\nb.mp4,"open quote,video\nc.mp4,x,video\nd.mp4,y,video\n')
+    result = read_layout("videox", meta, root=tmp_path)
+    assert [os.path.basename(r.media) for r in result.records] == ["a.mp4"]
+    (problem,) = result.problems
+    assert (problem.code, problem.where, problem.sample, problem.file) == ("malformed_metadata", "line 3", None, str(meta))
+    assert "never closed" in problem.message and "2 lines after it" in problem.message
+    with pytest.raises(DataError, match="line 3"):
+        load_manifest(DataConfig(train_data_meta=meta, train_data_dir=tmp_path, bad_sample_policy="lenient"))
+
+
+def test_csv_unterminated_quote_on_the_last_line_is_an_error(tmp_path: Path) -> None:
+    meta = tmp_path / "m.csv"
+    meta.write_text('file_path,text\na.mp4,ok\nb.mp4,"open')
+    result = read_layout("videox", meta, root=tmp_path)
+    assert [p.where for p in result.problems] == ["line 3"]
+    assert [os.path.basename(r.media) for r in result.records] == ["a.mp4"]
+
+
+def test_csv_stray_quote_swallowing_rows_until_a_later_quote_is_an_error(tmp_path: Path) -> None:
+    meta = tmp_path / "m.csv"
+    meta.write_text('file_path,text,type\na.mp4,"stray,video\nb.mp4,x,video\nc.mp4,"closed",video\n')
+    (problem,) = read_layout("videox", meta, root=tmp_path).problems
+    assert (problem.code, problem.where) == ("malformed_metadata", "line 2")
+    assert "swallowing line 3" in problem.message and "b.mp4" in problem.message
+
+
+def test_csv_multi_line_captions_and_escaped_quotes_are_read_whole(tmp_path: Path) -> None:
+    meta = tmp_path / "m.csv"
+    meta.write_text('file_path,text\na.mp4,"two, lines\nof text, here"\nb.mp4,"say ""hi"""\n')
+    result = read_layout("videox", meta, root=tmp_path)
+    assert result.problems == []
+    assert [r.caption for r in result.records] == ["two, lines\nof text, here", 'say "hi"']
 
 
 def test_missing_metadata_file_is_a_problem_not_an_exception(tmp_path: Path) -> None:

@@ -336,3 +336,21 @@ def test_control_indices_treats_zero_fps_as_unknown() -> None:
     )
     with pytest.raises(ValueError, match="frame count"):
         control_indices([0], fps=0.0, control_fps=24.0, control_frames=5)
+
+
+def test_control_indices_by_real_times_pick_the_control_frame_shown_at_that_moment() -> None:
+    # A variable-rate target (frames at 0, 40, 80, 100, 120, 300 ms) and a 50 fps control: by the
+    # average rate (6 frames over 0.34 s) frame 5 would land 6 control frames early.
+    times = np.array([0, 40, 80, 100, 120, 300]) / 1000
+    control_times = np.arange(16) / 50
+    np.testing.assert_array_equal(
+        control_indices(range(6), fps=6 / 0.34, control_fps=50, control_frames=16,
+                        times=times, control_times=control_times),
+        [0, 2, 4, 5, 6, 15],
+    )
+    # Constant rates give the half-up rule of the fps formula, ties included.
+    np.testing.assert_array_equal(
+        control_indices(range(10), fps=30, control_fps=15, control_frames=5,
+                        times=np.arange(10) / 30, control_times=np.arange(5) / 15),
+        control_indices(range(10), fps=30, control_fps=15, control_frames=5),
+    )

@@ -58,6 +58,19 @@ def write_with_timestamps(path: Path, timestamps_ms: list[int]) -> None:
         container.mux(stream.encode())
 
 
+def write_rotated(path: Path, frames: list[np.ndarray], degrees: int) -> None:
+    """A video stored as `frames` with a display matrix turning it `degrees` counter-clockwise, as phones write."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"keyint": str(GOP), "min-keyint": str(GOP), "scenecut": "0", "crf": "0"}
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
 def write_faststart_mp4(path: Path) -> None:
     """An mp4 with its index before the frames, as streaming sites serve them."""
     with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
@@ -209,6 +222,53 @@ def test_read_frames_decodes_sequentially_when_timestamps_do_not_count_frames(
 # read_frames: errors
 
 
+@pytest.mark.parametrize(
+    ("suffix", "degrees"), [(".mp4", 90), (".mp4", -90), (".mov", 180), (".mkv", 90), (".mkv", 180), (".mp4", 0)]
+)
+def test_rotated_video_is_probed_and_decoded_as_displayed(tmp_path: Path, suffix: str, degrees: int) -> None:
+    # 8-pixel blocks survive yuv420p's chroma subsampling; each frame differs, and no turn maps onto another
+    blocks = np.random.default_rng(1).integers(0, 256, (12, HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
+    stored = list(blocks.repeat(8, axis=1).repeat(8, axis=2))
+    path = tmp_path / f"phone{suffix}"
+    write_rotated(path, stored, degrees)
+    turns = degrees // 90 % 4
+    displayed = np.rot90(np.stack(stored), turns, axes=(1, 2))  # counter-clockwise, like the matrix
+    info = probe(path)
+    assert (info.width, info.height, info.rotation, info.frames) == (
+        displayed.shape[2], displayed.shape[1], turns * 90, 12
+    )
+    for indices in ([0, 7, 11], [3]):  # a seek per run, and one frame
+        frames = read_frames(path, indices, info=info)
+        assert frames.shape == (len(indices), *displayed.shape[1:])
+        assert np.abs(frames.astype(int) - displayed[indices]).mean() < 10  # another frame or turn: about 85
+    half = (info.height // 2, info.width // 2)
+    assert read_frames(path, [5], info=info, size=half).shape == (1, *half, 3)
+
+
+def test_metadata_giving_a_rotated_videos_stored_size_is_refused_not_squashed(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"
+    write_rotated(path, scene(6), 90)
+    stale = MediaInfo("video", 6, 24.0, WIDTH, HEIGHT)  # the stored size, as probed before rotation counted
+    with pytest.raises(MediaError, match=rf"metadata gives {WIDTH}x{HEIGHT}.*displayed turned 90°") as caught:
+        read_frames(path, [2], info=stale, size=(HEIGHT, WIDTH))
+    assert "vidctrl data convert" in caught.value.fix
+    assert read_frames(path, [2], info=probe(path)).shape == (1, WIDTH, HEIGHT, 3)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_variable_frame_rate_is_probed_from_real_timestamps(tmp_path: Path, suffix: str) -> None:
+    times_ms = [0, 40, 80, 100, 120, 160, 200, 300, 340, 380]
+    path = tmp_path / f"phone{suffix}"
+    write_with_timestamps(path, times_ms)
+    info = probe(path)
+    assert info.variable_rate and info.frames == 10
+    assert info.fps == pytest.approx(10 / 0.42)  # 10 frames over 380 ms plus a typical 40 ms
+    np.testing.assert_allclose(video.frame_times(path), np.array(times_ms) / 1000)
+    steady = tmp_path / f"steady{suffix}"
+    write_video(steady, scene(10), fps=Fraction(30000, 1001))  # NTSC: ms timestamps alternate 33 and 34 ms
+    assert not probe(steady).variable_rate
+
+
 def test_read_frames_out_of_range_names_file_index_and_frame_count(
     videos: dict[str, tuple[Path, np.ndarray]],
 ) -> None:
@@ -351,6 +411,105 @@ def test_image_with_exif_orientation_is_returned_upright(tmp_path: Path) -> None
     info = probe(path)
     assert (info.width, info.height) == (HEIGHT, WIDTH)
     assert read_frames(path, [0], info=info).shape == (1, WIDTH, HEIGHT, 3)
+
+
+GREYS = np.array([[0, 70, 128], [200, 254, 255]], dtype=np.uint8)  # 8-bit greys, the expected output
+
+
+def _expected_grey() -> np.ndarray:
+    return np.repeat(GREYS[..., None], 3, axis=2)
+
+
+def _sixteen_bit(dtype: str) -> Image.Image:
+    return Image.fromarray((GREYS.astype(np.uint32) * 257).astype(dtype))  # 70 -> 17990, 255 -> 65535
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.fromarray(np.array([[0, 1, 2]], dtype=np.uint8), mode="P")
+    image.putpalette([255, 0, 0, 0, 255, 0, 10, 20, 30])
+    image.info["transparency"] = 2  # index 2 is transparent: composited on black
+    return image
+
+
+def _cmyk() -> Image.Image:
+    pixels = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 255, 255, 0], [0, 0, 0, 255]]], dtype=np.uint8)
+    return Image.fromarray(pixels, mode="CMYK")
+
+
+def _rgba() -> Image.Image:
+    pixels = np.array([[[200, 100, 50, 255], [200, 100, 50, 0], [200, 100, 50, 51]]], dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGBA")
+
+
+IMAGE_MODES = {  # mode -> (source image, file name keeping that mode, expected uint8 RGB)
+    "I;16": (lambda: _sixteen_bit("<u2"), "grey16.png", _expected_grey),
+    "I;16B": (lambda: _sixteen_bit(">u2"), "grey16be.tif", _expected_grey),
+    "I": (lambda: _sixteen_bit("<i4"), "grey32.tif", _expected_grey),
+    "F": (lambda: Image.fromarray((GREYS / 255.0).astype(np.float32)), "float.tif", _expected_grey),
+    "L": (lambda: Image.fromarray(GREYS), "grey.png", _expected_grey),
+    "1": (
+        lambda: Image.fromarray(GREYS > 127),
+        "bits.png",
+        lambda: np.repeat(np.where(GREYS > 127, 255, 0).astype(np.uint8)[..., None], 3, axis=2),
+    ),
+    "LA": (
+        lambda: Image.fromarray(np.stack([GREYS, np.full_like(GREYS, 255)], axis=2), mode="LA").convert("LA"),
+        "grey_alpha.png",
+        _expected_grey,
+    ),
+    "P": (
+        _palette_with_transparency,
+        "palette.png",
+        lambda: np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 0]]], dtype=np.uint8),
+    ),
+    "RGBA": (
+        _rgba,
+        "cutout.png",
+        lambda: np.array([[[200, 100, 50], [0, 0, 0], [40, 20, 10]]], dtype=np.uint8),
+    ),
+    "CMYK": (
+        _cmyk,
+        "print.tif",
+        lambda: np.array([[[255, 255, 255], [0, 255, 255], [255, 0, 0], [0, 0, 0]]], dtype=np.uint8),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(IMAGE_MODES))
+def test_image_of_every_mode_decodes_to_rgb_by_its_real_range(tmp_path: Path, mode: str) -> None:
+    make, name, expected = IMAGE_MODES[mode]
+    path = tmp_path / name
+    make().save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really holds the mode under test
+    decoded = read_frames(path, [0])[0]
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected())
+
+
+def test_sixteen_bit_grey_70_is_not_clipped_to_white(tmp_path: Path) -> None:
+    path = tmp_path / "grey70.png"
+    Image.fromarray(np.full((4, 4), 70 * 257, dtype=np.uint16)).save(path)
+    assert (read_frames(path, [0]) == 70).all()
+    assert (video.read_image(path, size=(2, 2)) == 70).all()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "match"),
+    [
+        (np.array([[0, 70000]], dtype=np.int32), r"mode I\) with values 0\.\.70000"),
+        (np.array([[0.0, 2.5]], dtype=np.float32), r"mode F\) with values 0\.\.2\.5"),
+        (np.array([[0.0, np.nan]], dtype=np.float32), "NaN or infinite"),
+    ],
+)
+def test_wide_image_outside_its_nominal_range_is_refused_with_the_rule(
+    tmp_path: Path, pixels: np.ndarray, match: str
+) -> None:
+    path = tmp_path / "wide.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(MediaError, match=match) as caught:
+        read_frames(path, [0])
+    assert "wide.tif" in str(caught.value) and "16-bit PNG" in caught.value.fix
 
 
 def test_image_under_a_video_name_is_probed_as_image(tmp_path: Path) -> None:

@@ -137,3 +137,12 @@ def test_cache_refuses_a_cache_folder_owned_by_a_live_run(tmp_path: Path) -> Non
     # refused before the model or the data is touched (neither exists)
     with pytest.raises(FolderLockedError, match=r"gpu-node-17.*--cache_dir"):
         build_cache(config)
+
+
+def test_a_folder_the_lock_created_is_removed_when_nothing_was_written(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()
+    with RunLock(tmp_path / "used"):
+        (tmp_path / "used" / "metrics.jsonl").write_text("{}\n")
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["metrics.jsonl"]

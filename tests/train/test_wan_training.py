@@ -156,7 +156,8 @@ def test_validation_writes_mp4_and_contact_sheet(tiny_models: dict[str, Path], s
 
 
 @pytest.mark.slow
-def test_camera_preset_trains_on_camera_trajectories(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_camera_preset_trains_on_camera_trajectories_and_resumes_bit_exactly(tiny_models: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
     import numpy as np
 
     from vidctrl.data.camera import CameraTrajectory, write_camera_txt
@@ -174,10 +175,19 @@ def test_camera_preset_trains_on_camera_trajectories(tiny_models: dict[str, Path
         write_camera_txt(data / f"v{i}.txt", CameraTrajectory.from_array(rows))
         entries.append({"file_path": f"v{i}.mp4", "control_file_path": f"v{i}.txt", "text": "a room", "type": "video"})
     (data / "metadata.json").write_text(json.dumps(entries))
-    out = tmp_path / "out"
-    code = main(["train", "--preset", "wan2.1-fun-control-camera", "--pretrained_model_name_or_path",
-                 str(tiny_models["wan2.1-fun-control-camera"]), "--train_data_meta", str(data / "metadata.json"),
-                 "--train_data_dir", str(data), "--train_mode", "control_ref_camera", "--output_dir", str(out),
-                 "--max_train_steps", "2", "--checkpointing_steps", "2", *SCALE_DOWN])
-    assert code == 0
-    assert (out / "checkpoint-2" / "transformer" / "config.json").exists()
+
+    def run(out: Path, steps: int, *extra: str) -> int:
+        return main(["train", "--preset", "wan2.1-fun-control-camera", "--pretrained_model_name_or_path",
+                     str(tiny_models["wan2.1-fun-control-camera"]), "--train_data_meta", str(data / "metadata.json"),
+                     "--train_data_dir", str(data), "--train_mode", "control_ref_camera", "--output_dir", str(out),
+                     "--max_train_steps", str(steps), "--checkpointing_steps", "2", *SCALE_DOWN, *extra])
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(straight, 4) == 0
+    assert (straight / "checkpoint-2" / "transformer" / "config.json").exists()
+    assert run(resumed, 2) == 0
+    assert run(resumed, 4, "--resume_from_checkpoint", "latest") == 0
+    a, b = checkpoint_weights(straight, 4), checkpoint_weights(resumed, 4)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in checkpoint_weights(straight, 2).items())
+    assert metric(straight, "loss") == metric(resumed, "loss")

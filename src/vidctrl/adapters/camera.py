@@ -42,7 +42,9 @@ How a clip's camera input is built from these functions::
     camera = pack_camera_frames(embedding)             # (24, (F - 1) // 4 + 1, height, width)
 
 and a batch of them, ``(B, 24, F_latent, H, W)`` at pixel resolution, is the ``camera_embedding``
-argument of ``WanFunControlTransformer3DModel``.
+argument of ``WanFunControlTransformer3DModel``. ``clip_camera_condition`` does the last two steps
+from the file's rows and the loader's resize and crop; validation, like VideoX-Fun's inference,
+computes the rays at the validation size with nothing cropped (the first F poses, not resampled).
 """
 
 from __future__ import annotations
@@ -268,6 +270,36 @@ def pack_camera_frames(embedding: Tensor, frames_per_latent: int = FRAMES_PER_LA
     return out if batched else out[0]
 
 
+def clip_camera_condition(
+    rows: ArrayLike,
+    geometry: tuple[int, int, int, int, int, int],
+    *,
+    original_hw: tuple[int, int] | None = VIDEOX_POSE_HW,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The adapter input of one clip, as VideoX-Fun's training builds it: float32 ``(24, F_latent, h, w)``.
+
+    Args:
+        rows: ``(F, 19)`` camera file rows at the clip's frames (frame, fx, fy, cx, cy, 0, 0, 3x4
+            world-to-camera), already stretched over the video (fact 6).
+        geometry: ``(resize_h, resize_w, top, left, height, width)``: how the clip's frames were
+            resized and cropped. The embedding is computed at the resized size, with the focal
+            correction for ``original_hw`` (fact 2), and the crop window is kept, so rays stay
+            aligned with the cropped pixels (``process_pose_params`` at ``resize_size``, then
+            ``CenterCrop`` in ``train_control.py``).
+        original_hw: the size the intrinsics were normalised by; VideoX-Fun assumes 1280x720.
+    """
+    rows_t = _as_float64(rows, "camera rows")
+    if rows_t.ndim != 2 or rows_t.shape[1] != 19:
+        raise ValueError(f"camera rows must have shape (frames, 19); got {tuple(rows_t.shape)}")
+    resize_h, resize_w, top, left, height, width = (int(v) for v in geometry)
+    embedding = plucker_embedding(
+        rows_t[:, 1:5], rows_t[:, 7:].reshape(-1, 3, 4), resize_h, resize_w,
+        original_hw=original_hw, crop=(top, left, height, width), device=device,
+    )
+    return pack_camera_frames(embedding)
+
+
 def resample_trajectory(intrinsics: ArrayLike, w2c: ArrayLike, num_frames: int) -> tuple[Tensor, Tensor]:
     """Stretch a trajectory of N poses over ``num_frames`` frames by linear interpolation (float64).
 
@@ -297,6 +329,7 @@ __all__ = [
     "FRAMES_PER_LATENT",
     "PLUCKER_CHANNELS",
     "VIDEOX_POSE_HW",
+    "clip_camera_condition",
     "pack_camera_frames",
     "pixel_intrinsics",
     "plucker_embedding",

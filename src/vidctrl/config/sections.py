@@ -134,7 +134,8 @@ class ValidationConfig:
         None, help="reference images, one per prompt", flags=["--validation_image"]
     )
     validation_control_videos: list[str] | None = option(
-        None, help="control (pose) videos, one per prompt", flags=["--validation_driving_videos"]
+        None, help="control (pose) videos, one per prompt (Control-Camera: camera trajectory .txt files)",
+        flags=["--validation_driving_videos"],
     )
     validation_image_folder: Path | None = option(None, help="ControlNeXt: ground-truth frames folder")
     validation_control_folder: Path | None = option(None, help="ControlNeXt: pose frames folder")

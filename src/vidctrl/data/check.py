@@ -164,11 +164,20 @@ def _check_control(index: int, record: Record, target: MediaInfo, control: Media
             else:
                 problems.append(_problem(index, record, f"control video {path} has {control.frames} frames, "
                                          f"the target has {target.frames}", "control_frames", fix, file=path))
-        if not math.isclose(control.fps, target.fps, rel_tol=FPS_TOLERANCE):
+        # Same frame count with a variable frame rate on either side: a pose rendered frame by frame
+        # from a phone's video, at some nominal rate. Frame i matches frame i; the rates say nothing.
+        frame_aligned = control.frames == target.frames and (target.variable_rate or control.variable_rate)
+        if not frame_aligned and not math.isclose(control.fps, target.fps, rel_tol=FPS_TOLERANCE):
             severity = "warning" if resample else "error"
             problems.append(_problem(index, record, f"control video {path} runs at {control.fps:g} fps, "
                                      f"the target at {target.fps:g} fps", "control_fps",
                                      "" if resample else fix, file=path, severity=severity))
+    if control.rotation != target.rotation:
+        problems.append(_problem(index, record, f"the target is stored turned {target.rotation}° and its control {path} "
+                                 f"{control.rotation}° (display rotation metadata); both are decoded as displayed, so "
+                                 "a control rendered by a tool that ignored the target's rotation is sideways",
+                                 "control_rotation", "check that the pose lines up with the person; if not, "
+                                 "re-render the control from the displayed target", file=path, severity="warning"))
     if (control.width, control.height) != (target.width, target.height):
         target_aspect = target.width / target.height
         control_aspect = control.width / control.height

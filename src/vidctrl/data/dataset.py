@@ -28,7 +28,7 @@ from vidctrl.data.manifest import Manifest
 from vidctrl.data.records import DataError, Problem, Record
 from vidctrl.data.sampler import ClipRequest
 from vidctrl.data.sampling import control_indices
-from vidctrl.data.video import MediaError, MediaInfo, read_frames
+from vidctrl.data.video import MediaError, MediaInfo, frame_times, is_variable_rate, read_frames
 
 ASPECT_TOLERANCE = 0.02
 MAX_HANDS = 2  # ControlNeXt boxes at most two hands per frame
@@ -127,7 +127,10 @@ class ClipDataset(Dataset):
             if record.frames and len(cameras) != record.frames:
                 # As VideoX-Fun: the trajectory is stretched over the video, whatever its length.
                 cameras = cameras.resampled(record.frames)
-            sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float32))
+            # float64 as read (the original's numpy); the Plücker rays need the resize and the crop.
+            sample["camera"] = torch.from_numpy(np.asarray(cameras.to_array()[indices], dtype=np.float64))
+            g = geometry
+            sample["camera_geometry"] = torch.tensor([g.resize_h, g.resize_w, g.top, g.left, g.height, g.width])
         if record.meta_info:
             sample.update(self._hand_boxes(record, indices, geometry))
         return sample
@@ -163,6 +166,7 @@ class ClipDataset(Dataset):
         if record.kind == "video":
             same = record.control_frames == record.frames and (
                 record.control_fps is None or record.fps is None or abs(record.control_fps - record.fps) < 1e-3 * record.fps
+                or _variable_rate(record.media) or _variable_rate(record.control)  # frame i is frame i
             )
             if not same and self.control_frame_policy != "resample":
                 raise DataError(
@@ -173,6 +177,8 @@ class ClipDataset(Dataset):
             wanted = indices if same else control_indices(
                 indices, fps=record.fps, control_fps=record.control_fps,
                 control_frames=record.control_frames or 0, frames=record.frames,
+                # Real timestamps: a variable-frame-rate video's i / fps drifts from where frame i is.
+                times=frame_times(record.media), control_times=frame_times(record.control),
             )
         else:
             wanted = np.zeros(1, dtype=np.int64)
@@ -213,6 +219,12 @@ class ClipDataset(Dataset):
         return {"hand_boxes": torch.from_numpy(boxes * scale - shift), "hand_scores": torch.from_numpy(scores)}
 
 
+def _variable_rate(path: str) -> bool:
+    """Whether a video's frames last different times; asked only of a pair whose frame rates differ."""
+    times = frame_times(path)
+    return times is not None and is_variable_rate(times)
+
+
 def _info(kind: str, frames: int | None, fps: float | None, width: int | None,
           height: int | None) -> MediaInfo | None:
     """The probed facts of a file from its manifest record (spares a header read per sample)."""
@@ -234,7 +246,8 @@ def collate_clips(samples: list[dict[str, Any] | SkippedSample]) -> dict[str, An
     for key in ("index", "seed", "media", "caption", "encoded"):
         if key in loaded[0]:
             batch[key] = [s[key] for s in loaded]
-    for key in ("pixels", "control", "reference", "camera", "frame_indices", "hand_boxes", "hand_scores"):
+    for key in ("pixels", "control", "reference", "camera", "camera_geometry", "frame_indices", "hand_boxes",
+                "hand_scores"):
         present = [s[key] for s in loaded if key in s]
         if not present:
             continue

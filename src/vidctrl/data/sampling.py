@@ -308,16 +308,30 @@ def control_indices(
     control_fps: float | None,
     control_frames: int,
     frames: int | None = None,
+    times: npt.ArrayLike | None = None,
+    control_times: npt.ArrayLike | None = None,
 ) -> IntArray:
     """Resample the control by time: the control frame shown at the same moment as each target frame.
 
     `t = i / fps`, `control = round_half_up(t * control_fps)`, clamped to the control's frames.
     An fps of None or 0 means unknown; then both videos are taken to span the same time and
     `frames` (the target's frame count) is needed: `control = round_half_up(i * control_frames / frames)`.
+    With both videos' real frame times (`vidctrl.data.video.frame_times`, seconds from each one's
+    first frame), which a variable-frame-rate video needs, `t` is the target frame's own time and
+    the control frame is the one whose time is nearest, the later on a tie (the same half-up rule).
     """
     target = np.asarray(target_indices, dtype=np.int64)
     if control_frames <= 0:
         raise ValueError(f"the control has {control_frames} frames")
+    times = None if times is None else np.asarray(times, dtype=np.float64)
+    if times is not None and control_times is not None and target.size and len(times) > target.max():
+        moments = times[target]
+        shown = np.asarray(control_times, dtype=np.float64)[:control_frames]
+        later = np.clip(np.searchsorted(shown, moments, side="left"), 0, len(shown) - 1)
+        earlier = np.clip(later - 1, 0, len(shown) - 1)
+        # Times are float seconds from integer ticks: a tie within a microsecond is a tie.
+        pick_earlier = moments - shown[earlier] < shown[later] - moments - 1e-6
+        return np.where(pick_earlier, earlier, later).astype(np.int64)
     if fps and control_fps:
         position = target * (control_fps / fps)
     elif frames:

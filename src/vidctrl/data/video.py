@@ -7,6 +7,8 @@ keyframe before each run of requested frames and decodes forward. Images are one
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
 import stat
@@ -69,7 +71,10 @@ class MediaInfo:
     """What a manifest stores about a media file.
 
     An image is a one-frame clip with `fps` 0.0: it has no time axis, and 0.0 cannot be mistaken
-    for a real frame rate.
+    for a real frame rate. `width` and `height` are the displayed ones: a video whose display matrix
+    (or an image whose EXIF orientation) turns it by `rotation` degrees counter-clockwise, a multiple
+    of 90, is decoded turned, so a phone's portrait video is portrait everywhere.
+    A variable-frame-rate video's frames are placed in time by `frame_times`, not by `fps`.
     """
 
     kind: Literal["video", "image"]
@@ -77,6 +82,8 @@ class MediaInfo:
     fps: float
     width: int
     height: int
+    rotation: int = 0
+    variable_rate: bool = False  # frames of different durations: `fps` is only their average
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
@@ -109,14 +116,37 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             except _IMAGE_ERRORS:
                 pass
         stream = _video_stream(container, path)
-        frames = stream.frames or _count_packets(container, stream)
+        rotation = _mp4_rotation(path) if _is_mp4(container) else None
+        if rotation is None:
+            rotation, read = _stream_rotation(container, stream, path)
+        else:
+            read = []
+        timestamps: list[int | None] | None = None
+        if stream.frames:
+            frames = stream.frames
+            entries = getattr(stream, "index_entries", None)  # mp4: every frame's time, from the header
+            if entries is not None and len(entries) == frames:
+                timestamps = [entry.timestamp for entry in entries]
+        else:
+            timestamps = read + _packet_times(container, stream)
+            frames = len(timestamps)
         if frames <= 0:
             raise MediaError(path, "the video stream has no frames (is the file truncated?)", _COPY_AGAIN)
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise MediaError(path, "FFmpeg cannot tell the frame size", _reencode(path))
+        if rotation % 180:
+            width, height = height, width
         rate = stream.average_rate or stream.guessed_rate
-        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height)
+        times = _seconds(timestamps, stream) if timestamps else None
+        if times is not None:
+            variable = is_variable_rate(times)
+            if variable and times[-1] > 0:  # the real average; Matroska's stream rate is a nominal one
+                rate = len(times) / (times[-1] + float(np.median(np.diff(times))))
+        else:  # FFmpeg's guessed rate divides every timestamp; an average that differs means uneven frames
+            guessed, average = stream.guessed_rate, stream.average_rate
+            variable = bool(guessed and average and abs(float(average) / float(guessed) - 1.0) > 1e-3)
+        return MediaInfo("video", frames, float(rate) if rate else 0.0, width, height, rotation, variable)
 
 
 def read_frames(
@@ -295,6 +325,67 @@ def write_image(path: str | os.PathLike[str], frame: np.ndarray) -> None:
         raise
 
 
+def read_image(path: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), by `image_to_rgb`'s rules.
+
+    `size` (height, width) resizes it (bilinear). Every image vidctrl reads (training samples,
+    validation references and control frames) goes through here.
+    """
+    return _read_image(_existing_file(path), size)
+
+
+def image_to_rgb(image: Image.Image) -> np.ndarray:
+    """A Pillow image of any mode as uint8 RGB (H, W, 3), its values mapped by the mode's real range.
+
+    Pillow's own `convert("RGB")` clips wide modes instead of scaling them (a 16-bit grey of
+    70 * 257 becomes 255), so the rules are spelled out here:
+
+    - 16-bit greyscale (`I;16`, `I;16L`, `I;16B`, `I;16N`): 0..65535 maps to 0..255 (value / 257).
+    - `I` (32-bit integers, what some TIFF and PGM readers produce) and other integer modes: read as
+      16-bit, 0..65535; a value outside that range is an error rather than a guess.
+    - `F` (32-bit float): read as 0.0..1.0; NaN, infinities or values outside it are an error.
+    - Transparency (`RGBA`, `LA`, `PA`, `P` or `L`/`RGB` with a transparent colour; premultiplied
+      `RGBa`): composited on black, so a transparent pixel is black whatever colour it stores (what
+      dropping the alpha of a cut-out usually gives, without the garbage some editors leave in it).
+    - Every other mode (`1`, `L`, `P`, `RGB`, `CMYK`, `YCbCr`, `LAB`, `HSV`) is 8-bit: Pillow's conversion.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        grey = np.asarray(image).astype(np.uint32)
+        return _grey_to_rgb((grey * 255 + 32767) // 65535)
+    if mode == "I" or mode.startswith("I;"):  # 32-bit, or a signed or odd-width integer mode
+        grey = np.asarray(image).astype(np.int64)
+        low, high = (int(grey.min()), int(grey.max())) if grey.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"an integer image (mode {mode}) with values {low}..{high}: vidctrl reads integer "
+                "images as 16-bit (0..65535) and will not guess another range"
+            )
+        return _grey_to_rgb((grey * 255 + 32767) // 65535)
+    if mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.size and not (np.isfinite(grey).all() and grey.min() >= 0.0 and grey.max() <= 1.0):
+            finite = grey[np.isfinite(grey)]
+            shown = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
+            extra = "" if finite.size == grey.size else " and NaN or infinite values"
+            raise ValueError(
+                f"a 32-bit float image (mode F) with values {shown}{extra}: vidctrl reads mode F as 0.0..1.0"
+            )
+        return _grey_to_rgb(np.floor(grey * 255.0 + 0.5))
+    if mode == "RGBa":  # premultiplied alpha: the colour is already composited on black
+        return np.array(np.asarray(image)[..., :3])
+    if "A" in mode or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.uint16)
+        alpha = rgba[..., 3:]
+        return ((rgba[..., :3] * alpha + 127) // 255).astype(np.uint8)
+    # np.array, not np.asarray: the latter is read-only, and torch.from_numpy warns about it.
+    return np.array(image.convert("RGB"))
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Opening and probing
 
@@ -360,6 +451,156 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
     return sum(packet.size > 0 for packet in _demux_until_error(container, stream, []))
 
 
+def _stream_rotation(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> tuple[int, list[int | None]]:
+    """(rotation, timestamps of the packets read) from the first decoded frame, which carries the
+    display matrix.
+
+    PyAV exposes the container's display matrix (the `rotate` of older FFmpeg) only on decoded
+    frames, so the first one is decoded; a video whose first frame does not decode is unusable.
+    """
+    read: list[int | None] = []
+    stream.codec_context.thread_count = 1  # one frame: decoder threads would only add their start-up
+    try:
+        for packet in container.demux(stream):
+            if packet.size > 0 and not packet.is_discard:
+                read.append(packet.pts)
+            for frame in packet.decode():
+                return display_rotation(frame), read
+        for frame in stream.codec_context.decode(None):  # a one-frame stream is held until flushed
+            return display_rotation(frame), read
+    except av.FFmpegError as error:
+        reason = f"FFmpeg cannot decode its first frame ({_ffmpeg_message(error)})"
+        raise MediaError(path, reason, _reencode(path)) from None
+    return 0, read
+
+
+def _is_mp4(container: av.container.InputContainer) -> bool:
+    return "mp4" in container.format.name.split(",")
+
+
+def _mp4_rotation(path: Path) -> int | None:
+    """The rotation in the first video track's header (tkhd) of an mp4/mov, read without decoding.
+
+    The matrix is the one FFmpeg turns into the display matrix; its rotation is
+    `-atan2(b, a)` as in `av_display_rotation_get`, rounded to a quarter turn. None when the boxes
+    cannot be read (a compressed or unusual header): the caller decodes a frame instead.
+    """
+    try:
+        with open(path, "rb") as file:
+            moov = _mp4_box(file, b"moov", os.fstat(file.fileno()).st_size)
+        if moov is None:
+            return None
+        for trak in _mp4_children(moov, b"trak"):
+            mdia = next(_mp4_children(trak, b"mdia"), None)
+            hdlr = next(_mp4_children(mdia, b"hdlr"), None) if mdia is not None else None
+            if hdlr is None or hdlr[8:12] != b"vide":
+                continue
+            tkhd = next(_mp4_children(trak, b"tkhd"), None)
+            if tkhd is None:
+                return None
+            offset = 52 if tkhd[0] == 1 else 40  # version 1 has 64-bit times and duration
+            a, b = (int.from_bytes(tkhd[offset + 4 * i : offset + 4 * i + 4], "big", signed=True) for i in (0, 1))
+            if a == 0 and b == 0:
+                return None
+            return round(-math.degrees(math.atan2(b, a)) / 90) % 4 * 90
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def _mp4_box(file: io.BufferedReader, kind: bytes, end: int) -> bytes | None:
+    """The payload of the first top-level box `kind`, skipping the others (mdat may be gigabytes)."""
+    position = 0
+    while position + 8 <= end:
+        file.seek(position)
+        header = file.read(16)
+        size, name = int.from_bytes(header[:4], "big"), header[4:8]
+        start = 8
+        if size == 1:
+            size, start = int.from_bytes(header[8:16], "big"), 16
+        elif size == 0:
+            size = end - position
+        if size < start:
+            return None
+        if name == kind:
+            file.seek(position + start)
+            return file.read(size - start)
+        position += size
+    return None
+
+
+def _mp4_children(payload: bytes, kind: bytes) -> Iterator[bytes]:
+    position = 0
+    while position + 8 <= len(payload):
+        size, name = int.from_bytes(payload[position : position + 4], "big"), payload[position + 4 : position + 8]
+        if size < 8:
+            return
+        if name == kind:
+            yield payload[position + 8 : position + size]
+        position += size
+
+
+def _packet_times(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[int | None]:
+    """The presentation timestamps of the remaining packets of `stream` (a file cut short ends them)."""
+    # A discarded packet (before an mp4 edit list's start) is never shown: it is no frame.
+    packets = _demux_until_error(container, stream, [])
+    return [packet.pts for packet in packets if packet.size > 0 and not packet.is_discard]
+
+
+def _seconds(timestamps: Sequence[int | None], stream: av.video.stream.VideoStream) -> np.ndarray | None:
+    if any(t is None for t in timestamps) or not stream.time_base:
+        return None
+    ticks = np.sort(np.asarray(timestamps, dtype=np.int64))
+    return (ticks - ticks[0]) * float(stream.time_base)
+
+
+def frame_times(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """When each frame of a video is shown, in seconds from the first frame, in display order.
+
+    Read from the packets' timestamps (demuxed, not decoded), so a variable-frame-rate video's
+    frames are placed where they really are; None when the container gives frames no timestamps.
+    Kept per process for the files seen last, as a loader asks for the same videos every epoch.
+    """
+    path = _existing_file(path)
+    status = path.stat()
+    return _frame_times(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_times(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
+    with _open_container(Path(path)) as container:
+        stream = _video_stream(container, Path(path))
+        times = _seconds(_packet_times(container, stream), stream)
+    if times is not None:
+        times.setflags(write=False)  # shared by every caller of the cache
+    return times
+
+
+def is_variable_rate(times: np.ndarray) -> bool:
+    """Whether frames last different times: an interval off the typical one by over 10% and 1.5 ms.
+
+    The 1.5 ms lets through timestamps rounded to milliseconds (29.97 fps in Matroska alternates
+    33 and 34 ms); phones' variable rates differ by far more.
+    """
+    if len(times) < 3:
+        return False
+    intervals = np.diff(times)
+    typical = float(np.median(intervals))
+    deviation = np.abs(intervals - typical)
+    return bool(((deviation > 0.1 * typical) & (deviation > 1.5e-3)).any())
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """How many degrees (0, 90, 180 or 270) counter-clockwise a decoded frame is turned for display.
+
+    The display matrix is rounded to the nearest quarter turn; its mirroring, which cameras do not
+    write, is ignored.
+    """
+    return round(frame.rotation / 90) % 4 * 90
+
+
 def _demux_until_error(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, errors: list[str]
 ) -> Iterator[av.Packet]:
@@ -384,24 +625,26 @@ def _probe_image(path: Path) -> MediaInfo:
             raise UnidentifiedImageError("animated image: let FFmpeg read it as a video")
         width, height = image.size
         # Phones store rotated photos with an EXIF orientation; frames are returned upright.
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
-        return MediaInfo("image", 1, 0.0, width, height)
+        rotation = {3: 180, 4: 180, 5: 270, 6: 270, 7: 90, 8: 90}.get(orientation, 0)
+        return MediaInfo("image", 1, 0.0, width, height, rotation)
 
 
 def _read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if size is not None:
-                image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            # Alpha is dropped, palettes and greyscale are expanded. np.array, not np.asarray: the
-            # latter is read-only, and torch.from_numpy warns about it.
-            return np.array(image.convert("RGB"))
+            rgb = image_to_rgb(ImageOps.exif_transpose(image))
     except _IMAGE_ERRORS as error:
         raise MediaError(
             path, f"Pillow cannot decode the image ({error})", "re-save it, or remove the sample"
         ) from None
+    except ValueError as error:  # a mode whose values have no range to map (see image_to_rgb)
+        raise MediaError(path, str(error), "re-save it as an 8- or 16-bit PNG, or remove the sample") from None
+    if size is not None and rgb.shape[:2] != size:
+        rgb = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return rgb
 
 
 def _check_range(path: Path, frames: int, index: int, kind: str) -> None:
@@ -501,29 +744,63 @@ def _read_video(path: Path, wanted: list[int], info: MediaInfo | None, size: tup
             timing = None
         if timing is not None:
             try:
-                return _decode_by_seeking(path, container, stream, timing, wanted, frames, size)
+                return _decode_by_seeking(path, container, stream, timing, wanted, frames, size, info)
             except _UnreliableTiming:
                 pass
-    return _decode_sequentially(path, wanted, frames, size)
+    return _decode_sequentially(path, wanted, frames, size, info)
 
 
 class _Output:
     """The decoded frames at the sorted, unique requested indices."""
 
-    def __init__(self, path: Path, count: int, size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, path: Path, count: int, size: tuple[int, int] | None = None, info: MediaInfo | None = None
+    ) -> None:
         self.path = path
         self.array: np.ndarray | None = None
         self.count = count
-        self.scale = {} if size is None else {"height": size[0], "width": size[1], "interpolation": "BILINEAR"}
+        self.size = size
+        self.info = info
 
     def put(self, slot: int, frame: av.VideoFrame) -> None:
-        rgb = frame.to_ndarray(format="rgb24", **self.scale)
+        if self.array is None and self.info is not None:
+            _check_displayed_size(self.path, frame, self.info)
+        rgb = frame_to_rgb(frame, self.size)
         if self.array is None:
             self.array = np.empty((self.count, *rgb.shape), dtype=np.uint8)
         elif rgb.shape != self.array.shape[1:]:
             reason = f"the frame size changes mid-stream ({self.array.shape[1:3]} to {rgb.shape[:2]})"
             raise MediaError(self.path, reason, _reencode(self.path))
         self.array[slot] = rgb
+
+
+def _check_displayed_size(path: Path, frame: av.VideoFrame, info: MediaInfo) -> None:
+    """Refuse a manifest that gives a turned video's stored size: its crops would squash every frame."""
+    rotation = display_rotation(frame)
+    stored = (frame.width, frame.height)
+    if rotation % 180 and stored == (info.width, info.height) and frame.width != frame.height:
+        raise MediaError(
+            path,
+            f"the metadata gives {info.width}x{info.height}, the size it is stored at, but it is displayed turned "
+            f"{rotation}° ({info.height}x{info.width}); sizes probed before vidctrl applied rotation",
+            "regenerate the manifest from the source metadata (`vidctrl data convert --to manifest`), or drop "
+            "the width and height the metadata declares",
+        )
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as uint8 RGB (H, W, 3), turned as its display matrix says.
+
+    `size` is the displayed (height, width) to scale to, done in the RGB conversion (one swscale
+    pass, bilinear) before the frame is turned.
+    """
+    rotation = display_rotation(frame)
+    scale = {}
+    if size is not None:
+        height, width = size if rotation % 180 == 0 else size[::-1]
+        scale = {"height": height, "width": width, "interpolation": "BILINEAR"}
+    rgb = frame.to_ndarray(format="rgb24", **scale)
+    return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
 
 
 def _decoding_failed(path: Path, error: av.FFmpegError, decoded_until: int) -> MediaError:
@@ -589,8 +866,9 @@ def _decode_by_seeking(
     wanted: list[int],
     frames: int,
     size: tuple[int, int] | None = None,
+    info: MediaInfo | None = None,
 ) -> np.ndarray:
-    output = _Output(path, len(wanted), size)
+    output = _Output(path, len(wanted), size, info)
     keyframes = _Keyframes(stream, frames, timing)
     slot = 0
     decoded: Iterator[tuple[int, av.VideoFrame]] | None = None
@@ -687,8 +965,10 @@ def _consecutive(
         expected += 1
 
 
-def _decode_sequentially(path: Path, wanted: list[int], frames: int, size: tuple[int, int] | None) -> np.ndarray:
-    output = _Output(path, len(wanted), size)
+def _decode_sequentially(
+    path: Path, wanted: list[int], frames: int, size: tuple[int, int] | None, info: MediaInfo | None = None
+) -> np.ndarray:
+    output = _Output(path, len(wanted), size, info)
     slot = 0
     index = -1
     with _open_container(path) as container:

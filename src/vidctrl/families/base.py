@@ -70,6 +70,8 @@ class ValidationSample:
     control: torch.Tensor | None  # (F, 3, H, W) uint8
     name: str
     fps: float = 16.0
+    start: torch.Tensor | None = None  # (3, H, W) uint8: a first-frame image (Wan's frame-0 slot)
+    camera: torch.Tensor | None = None  # (F, 19) float64: camera file rows (Control-Camera)
 
 
 def fixed_draw_generators(batch: dict[str, Any]) -> list[torch.Generator]:

@@ -49,6 +49,10 @@ class WanFunOptions:
     text_dropout: float = option(0.1, help="probability of training a sample on the empty prompt")
     full_ref_dropout: float = option(0.1, help="probability of zeroing a sample's full-reference tokens")
     negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
+    validation_start_images: list[str] | None = option(
+        None, help="validation: first-frame images, one per prompt, for the frame-0 slot (VideoX-Fun's start_image); "
+        "--validation_images then feed V1.1's full-reference tokens and CLIP"
+    )
 
 
 class WanFunControl(ModelFamily):
@@ -105,6 +109,15 @@ class WanFunControl(ModelFamily):
             )
         if mode in CAMERA_MODES and config.preset != "wan2.1-fun-control-camera":
             raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
+        if options.validation_start_images and mode == "control":
+            raise ConfigError("--validation_start_images: train mode control has no frame-0 slot to put them in")
+        if options.validation_start_images and config.validation.validation_images and not \
+                options.add_full_ref_image_in_self_attention:
+            raise ConfigError(
+                f"--validation_images and --validation_start_images: preset {config.preset} has no full-reference "
+                "tokens (--add_full_ref_image_in_self_attention), so its reference is the first frame and both would "
+                "fill the frame-0 slot; give one of them"
+            )
         if config.objective.loss_type not in (None, "flow"):
             raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
 
@@ -279,9 +292,9 @@ class WanFunControl(ModelFamily):
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample: the target's posterior mean and std, the control's and the reference frame's
         latent means, the reference frame's index and CLIP features, the caption's UMT5 embedding
-        (and, camera modes, the camera rows and pixel size)."""
+        (and, camera modes, the camera rows and the resize and crop of the frames)."""
         pixels = self._pixels(batch["pixels"])  # (B, 3, F, H, W)
-        batch_size, _, num_frames, height, width = pixels.shape
+        batch_size, _, num_frames, _, _ = pixels.shape
         ref_index = [self.reference_index(num_frames, g) for g in fixed_draw_generators(batch)]
         mean, std = self.vae_moments(pixels)
         samples: list[dict[str, torch.Tensor]] = [
@@ -304,13 +317,17 @@ class WanFunControl(ModelFamily):
                                           self.text_embeddings(list(batch["caption"])), strict=True):
             sample["clip"], sample["text"] = features, text
         if self.train_mode in CAMERA_MODES:
-            if "camera" not in batch:
-                raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} "
-                                 "has none")
-            for sample, rows in zip(samples, batch["camera"], strict=True):
-                sample["camera"] = rows.float()
-                sample["pixel_size"] = torch.tensor([height, width])
+            for sample, camera in zip(samples, self.camera_inputs(batch), strict=True):
+                sample.update(camera)
         return samples
+
+    def camera_inputs(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample: the camera rows at the clip's frames and the resize and crop of its frames (the
+        rays follow both, not the crop alone); what `camera_condition` turns into the adapter input."""
+        if "camera" not in batch:
+            raise ValueError(f"train mode {self.train_mode} needs camera .txt controls; batch {batch['media']} has none")
+        return [{"camera": rows.double(), "camera_geometry": window}
+                for rows, window in zip(batch["camera"], batch["camera_geometry"], strict=True)]
 
     def encode_from(self, samples: list[dict[str, torch.Tensor]], *, generator: torch.Generator,
                     media: Sequence[str] = ()) -> EncodedBatch:
@@ -344,22 +361,21 @@ class WanFunControl(ModelFamily):
         conditions["text"] = self.pad_text([empty if drop else s["text"]
                                             for drop, s in zip(text_drop.tolist(), samples, strict=True)])
         if self.train_mode in CAMERA_MODES:
-            conditions["camera"] = self._camera(samples)
+            conditions["camera"] = self.camera_condition(samples)
         _, _, t, h, w = latents.shape
         tokens = batch_size * t * (h // 2) * (w // 2)
         return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
-    def _camera(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def camera_condition(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Plücker embeddings packed 4 frames to the latent frame, from each sample's camera rows
-        (F, 19): frame, fx, fy, cx, cy, 0, 0, 3x4 world-to-camera."""
-        from vidctrl.adapters.camera import pack_camera_frames, plucker_embedding
+        (F, 19) and the resize and crop of its frames (`clip_camera_condition`)."""
+        from vidctrl.adapters.camera import clip_camera_condition
 
-        packed = []
-        for sample in samples:
-            rows, (height, width) = sample["camera"], sample["pixel_size"].tolist()
-            embedding = plucker_embedding(rows[:, 1:5], rows[:, 7:].reshape(-1, 3, 4), height, width,
-                                          device=self.device)
-            packed.append(pack_camera_frames(embedding))
+        if any("camera_geometry" not in s for s in samples):
+            raise ValueError("cached camera samples lack the frames' resize and crop (written by an older vidctrl); "
+                             "rebuild the cache with `vidctrl cache`")
+        packed = [clip_camera_condition(s["camera"], s["camera_geometry"].tolist(), device=self.device)
+                  for s in samples]
         return torch.stack(packed).to(self.dtype)
 
     def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
@@ -379,63 +395,60 @@ class WanFunControl(ModelFamily):
 
     # --- validation --------------------------------------------------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.data.sampling import cut_to_4k_plus_1
-        from vidctrl.data.shapes import fixed_size
-        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+        from vidctrl.train.validation import ValidationRunner, control_samples, validation_size
 
-        v = config.validation
-        if not (v.validation_steps or v.validation_epochs):
+        if not (config.validation.validation_steps or config.validation.validation_epochs):
             return None
-        prompts = v.validation_prompts or []
-        if v.validation_prompt_separator and len(prompts) == 1:
-            prompts = prompts[0].split(v.validation_prompt_separator)
-        controls = v.validation_control_videos or []
-        images = v.validation_images or []
-        if not prompts or len(controls) != len(prompts) or (images and len(images) != len(prompts)):
-            raise ValueError(
-                "validation needs one --validation_control_videos per --validation_prompts (and, for the reference, "
-                f"one --validation_images each); got {len(prompts)} prompts, {len(controls)} control videos, "
-                f"{len(images)} images"
-            )
-        size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
-        height = v.validation_height or size[0]
-        width = v.validation_width or size[1]
-        frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
-        samples = []
-        for i, prompt in enumerate(prompts):
-            control, fps = load_control(controls[i], height, width, frames)
-            reference = load_reference(images[i], height, width) if images else None
-            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
-                                            name=f"sample-{i}", fps=fps))
+        height, width, frames = validation_size(config)
+        samples = control_samples(config, height, width, frames, start_images=self.options.validation_start_images,
+                                  camera=self.train_mode in CAMERA_MODES)
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
-        """Euler sampling of the flow on the shifted schedule, with the reference image used in every
-        mode that has one (the original's validation drops it)."""
+        """Euler sampling of the flow on the shifted schedule, conditioned as VideoX-Fun's inference
+        (`WanFunControlPipeline`) and as training shows the model: with full-reference tokens (V1.1),
+        the reference image feeds them and CLIP and a start image the frame-0 slot (training never
+        fills both from one frame); without them, the reference or start image fills the frame-0
+        slot. CLIP sees the reference, else the start image, else nothing (zero features)."""
         opts = self.options
         conditions: dict[str, Any] = {}
         parts = []
         latent_frames = (frames - 1) // 4 + 1
+
+        def pixels(image: torch.Tensor | None) -> torch.Tensor | None:
+            return None if image is None else image[None].to(self.device).to(self.dtype) / 127.5 - 1.0
+
         if self.train_mode in ("control_ref", "control"):
             control = self._pixels(sample.control.permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
             parts.append(self.vae_encode(control, generator=None))
-        reference = None
-        if sample.reference is not None:
-            reference = sample.reference[None].to(self.device).to(self.dtype) / 127.5 - 1.0
+        reference, start = pixels(sample.reference), pixels(sample.start)
+        full_ref = opts.add_full_ref_image_in_self_attention
         if self.train_mode != "control":
-            # Without a reference image the slot stays zero, as training's reference dropout teaches.
+            # Without an image the slot stays zero, as training's reference dropout teaches.
             slot = torch.zeros((1, 16, latent_frames, height // 8, width // 8), device=self.device)
-            if reference is not None:
-                ref_latent = self.vae_encode(reference.unsqueeze(2), generator=None)
-                slot[:, :, :1] = ref_latent
-                if opts.add_full_ref_image_in_self_attention:
-                    conditions["full_ref"] = ref_latent[:, :, 0]
+            slot_image = start if full_ref or start is not None else reference
+            if slot_image is not None and latent_frames > 1:
+                slot[:, :, :1] = self.vae_encode(slot_image.unsqueeze(2), generator=None)
             parts.append(slot)
+            if full_ref:
+                conditions["full_ref"] = (torch.zeros((1, 16, height // 8, width // 8), device=self.device)
+                                          if reference is None else
+                                          self.vae_encode(reference.unsqueeze(2), generator=None)[:, :, 0])
         conditions["y"] = torch.cat(parts, dim=1)
-        clip_source = reference if reference is not None else torch.zeros((1, 3, height, width), device=self.device)
-        conditions["clip"] = self.encode_clip(clip_source)
+        clip_source = reference if reference is not None else start
+        if clip_source is None:
+            clip = self.encode_clip(torch.zeros((1, 3, height, width), device=self.device))
+            conditions["clip"] = torch.zeros_like(clip)
+        else:
+            conditions["clip"] = self.encode_clip(clip_source)
+        if self.train_mode in CAMERA_MODES:
+            from vidctrl.adapters.camera import clip_camera_condition
+
+            # As the pipeline: rays at the validation size, nothing cropped.
+            camera = clip_camera_condition(sample.camera, (height, width, 0, 0, height, width), device=self.device)
+            conditions["camera"] = camera[None].to(self.dtype)
         text = self.encode_text([sample.prompt, opts.negative_prompt])
         shape = (1, 16, latent_frames, height // 8, width // 8)
         latents = torch.randn(shape, generator=generator).to(self.device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vidctrl.data.video import MediaError
+from vidctrl.data.video import MediaError, frame_to_rgb
 
 
 def source_rate(path: str | os.PathLike[str]) -> Fraction:
@@ -39,7 +39,7 @@ def iter_frames(path: str | os.PathLike[str], count: int) -> Iterator[np.ndarray
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # a full sequential decode: frame threads pay off here
             for index, frame in enumerate(container.decode(stream)):
-                yield frame.to_ndarray(format="rgb24")
+                yield frame_to_rgb(frame)  # turned upright as its display matrix says
                 if index + 1 >= count:
                     return
     except av.FFmpegError as exc:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vidctrl.data.video import write_video
+from vidctrl.data.video import image_to_rgb, write_video
 
 Layout = Literal["FCHW", "CFHW"]
 Frames = torch.Tensor | np.ndarray
@@ -152,7 +152,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _image_array(image: Image.Image | Frames, value_range: ValueRange) -> np.ndarray:
     """A reference image as uint8 (H, W, 3): PIL, or (C, H, W) / (1, C, H, W) array or tensor."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return image_to_rgb(image)
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3:

@@ -29,6 +29,19 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def gif_bytes(frames: Any, fps: float) -> bytes:
+    """(F, H, W, 3) uint8 frames as an endlessly looping animated GIF."""
+    import io
+
+    from PIL import Image
+
+    pictures = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
+                     duration=max(1, round(1000 / fps)), loop=0)
+    return buffer.getvalue()
+
+
 class Tracker:
     """Logs each optimizer step to the trackers, the progress bar and `metrics.jsonl`."""
 
@@ -74,19 +87,32 @@ class Tracker:
         if self.main:
             self.bar.write(text, file=sys.stderr)
 
-    def log_images(self, step: int, images: dict[str, Any]) -> None:
-        """Contact sheets to the trackers that take images (tensorboard, wandb)."""
+    def log_validation(self, step: int, name: str, *, video: torch.Tensor, fps: float, mp4: Path,
+                       sheet: Path) -> None:
+        """A validation video and its contact sheet to the trackers: tensorboard gets the sheet as an
+        image and the video as an animated GIF image summary (what its `add_video` writes, without
+        the moviepy it needs), wandb the mp4 and the PNG as written. `video` is (F, 3, H, W) uint8."""
         import numpy as np
+        from PIL import Image
 
         for tracker in self.accelerator.trackers:
-            for name, image in images.items():
-                array = np.asarray(image)
-                if tracker.name == "tensorboard":
-                    tracker.writer.add_image(name, array, step, dataformats="HWC")
-                elif tracker.name == "wandb":
-                    import wandb
+            if tracker.name == "tensorboard":
+                from tensorboard.compat.proto.summary_pb2 import Summary
 
-                    tracker.log({name: wandb.Image(array)}, step=step)
+                with Image.open(sheet) as image:
+                    tracker.writer.add_image(f"validation/{name}/contact_sheet", np.asarray(image.convert("RGB")),
+                                             step, dataformats="HWC")
+                frames = video.permute(0, 2, 3, 1).cpu().numpy()
+                _, height, width, _ = frames.shape
+                summary = Summary(value=[Summary.Value(tag=f"validation/{name}/video", image=Summary.Image(
+                    height=height, width=width, colorspace=3, encoded_image_string=gif_bytes(frames, fps)))])
+                tracker.writer._get_file_writer().add_summary(summary, step)
+                tracker.writer.flush()
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{name}/video": wandb.Video(str(mp4), fps=fps, format="mp4"),
+                             f"validation/{name}/contact_sheet": wandb.Image(str(sheet))}, step=step)
 
     def close(self, result: Any) -> None:
         self.bar.close()

@@ -244,6 +244,8 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack) -> 
 
     tracker = Tracker(accelerator, config, output_dir=output_dir, total_steps=max_steps, initial_step=global_step)
     validation = family.validation_runner(config, output_dir=output_dir)
+    if validation is not None:
+        validation.tracker = tracker  # validation videos and contact sheets to tensorboard / wandb
     result = TrainResult(output_dir=output_dir, global_step=global_step, excluded_samples=excluded)
     timer = PhaseTimer()
     stand_in = StandIn()

@@ -39,12 +39,14 @@ from vidctrl.data.layouts._common import (
     write_text_atomic,
 )
 from vidctrl.data.records import ImportResult, Problem, Record
+from vidctrl.data.video import IMAGE_SUFFIXES
 
 LAYOUT = "videox"
 NATIVE_KEYS = ("file_path", "control_file_path", "text", "type", "width", "height")
 META_INFO_KEY = "meta_info"  # vidctrl's addition; VideoX-Fun ignores unknown keys
 KINDS = ("video", "image")
 _FIX_JSON = "write a JSON list of objects with file_path, control_file_path, text and type"
+_MEDIA_SUFFIXES = IMAGE_SUFFIXES | {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
 _FIX_META = "pass the metadata file with --train_data_meta (a .json list or a .csv table)"
 
 
@@ -94,7 +96,10 @@ class _Reader:
         if text is None:
             self.problems += [problem] if problem else []
             return
-        rows = csv.reader(io.StringIO(text, newline=""))
+        # The physical lines are kept: a row that does not end cleanly is explained by where its
+        # quote opened, which the csv module does not say.
+        physical = io.StringIO(text, newline="").readlines()
+        rows = csv.reader(physical)
         try:
             header = next(rows, None)
             if header is None:
@@ -126,6 +131,9 @@ class _Reader:
             line = rows.line_num + 1
             for values in rows:
                 where = f"line {line}"
+                spans = rows.line_num > line or rows.line_num == len(physical)  # several lines, or the last
+                if spans and not self._row_ends_cleanly(physical, line, rows.line_num, columns):
+                    return  # the rest of the file is inside one value: nothing after it can be trusted
                 line = rows.line_num + 1
                 if not values:  # a blank line; DictReader skips them too
                     continue
@@ -148,6 +156,41 @@ class _Reader:
                 "malformed_metadata",
                 "check the quoting on that line",
             )
+
+    def _row_ends_cleanly(self, physical: list[str], first: int, last: int, columns: list[str]) -> bool:
+        """Whether a row spanning lines `first`..`last` (1-based) is one row with a multi-line value.
+
+        A quote that is never closed makes the csv module swallow the rest of the file into one
+        value; a stray quote closed by a later one swallows the rows in between. Either way rows
+        vanish silently, so both are a problem naming the line where the quote opened: the first
+        when the file ends inside the quotes, the second when a swallowed line reads as a row of its
+        own (as many values as the header, a media file in the file_path column).
+        """
+        opened = _unclosed_quote(physical[first - 1 : last], first)
+        if opened is not None:
+            self._problem(
+                f"line {opened}",
+                f"a quoted value opens on line {opened} and is never closed: the file ends inside it"
+                + (f", so the {_lines(last - opened)} after it would be read as one value and their rows lost"
+                   if last > opened else ""),
+                "malformed_metadata",
+                'close the quote on that line, or write a literal quote inside a quoted value as ""',
+            )
+            return False
+        position = columns.index("file_path")
+        for number in range(first + 1, last + 1):
+            cells = next(csv.reader([physical[number - 1]]), [])
+            if len(cells) == len(columns) and os.path.splitext(cells[position].strip())[1].lower() in _MEDIA_SUFFIXES:
+                self._problem(
+                    f"line {first}",
+                    f"the row on line {first} runs to line {last} inside a quoted value, swallowing line {number}, "
+                    f"which reads as a row of its own ({cells[position].strip()}): a quote is not closed where "
+                    "it should be",
+                    "malformed_metadata",
+                    f'close the quote on line {first}, or write a literal quote inside a quoted value as ""',
+                )
+                return False
+        return True
 
     # --- entries ---------------------------------------------------------------------------------
 
@@ -250,6 +293,34 @@ class _Reader:
         return Problem(
             message=f"{message} ({media})", file=str(self.path), sample=index, where=where, code=code, fix=fix
         )
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
+
+
+def _unclosed_quote(lines: list[str], first: int) -> int | None:
+    """The line number (lines start at `first`) where a quoted value opens and never closes, if one does.
+
+    Follows the csv module's default dialect: a quote opens a value only at the start of a field,
+    `""` inside quotes is a literal quote, and a quote elsewhere is an ordinary character.
+    """
+    in_quotes, field_start, opened = False, True, None
+    for number, text in enumerate(lines, start=first):
+        position = 0
+        while position < len(text):
+            char = text[position]
+            if in_quotes:
+                if char == '"':
+                    if text.startswith('"', position + 1):
+                        position += 1
+                    else:
+                        in_quotes = False
+            elif char == '"' and field_start:
+                in_quotes, opened = True, number
+            field_start = not in_quotes and char in ",\r\n"
+            position += 1
+    return opened if in_quotes else None
 
 
 def _positive_int(value: Any) -> tuple[int | None, str]:
