@@ -166,10 +166,13 @@ def write_tiny_wan(
     layout: Layout = "diffusers",
     seed: int = 0,
     transformer_shards: int = 1,
+    transformer_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a tiny random Wan2.1-Fun Control model of ``preset`` to ``out_dir`` in ``layout``.
 
     ``transformer_shards > 1`` shards the transformer with an index file, as the 14B releases are.
+    ``transformer_config`` overrides fields of the transformer's config (benchmarks give it a
+    released model's width and depth while the encoders stay tiny).
     The global RNG state is left as it was.
     """
     if layout not in ("diffusers", "original"):
@@ -178,6 +181,7 @@ def write_tiny_wan(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer()
     configs = tiny_configs(preset, vocab_size=len(tokenizer))
+    configs["transformer"].update(transformer_config or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = WanFunControlTransformer3DModel(**configs["transformer"])
