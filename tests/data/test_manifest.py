@@ -57,18 +57,16 @@ def test_malformed_line_is_reported_with_line_and_column(tmp_path: Path) -> None
         Manifest.read(path)
 
 
-def test_a_million_records_load_in_seconds(tmp_path: Path) -> None:
-    import time
-
+@pytest.mark.slow
+def test_a_million_records_load_whole_and_columnar(tmp_path: Path) -> None:
+    # Speed is benchmarks/bench_manifest_scale.py's to measure (1.6 s there); a timed assertion here
+    # would fail on a loaded machine and prove nothing on a fast one.
     line = json.dumps({"media": "videos/clip_0000001.mp4", "control": "poses/clip_0000001.mp4",
                        "caption": "A person in a red shirt dances in front of a blue wall.", "kind": "video",
                        "frames": 120, "fps": 24.0, "width": 1280, "height": 720})
     path = tmp_path / "big.jsonl"
     path.write_text((line + "\n") * 1_000_000)
-    start = time.perf_counter()
     manifest = Manifest.read(path)
     frames = manifest.numeric("frames")
-    elapsed = time.perf_counter() - start
-    assert len(manifest) == 1_000_000 and frames.sum() == 120_000_000
+    assert len(manifest) == 1_000_000 and frames.sum() == 120_000_000 and frames.dtype.kind in "iu"
     assert manifest[999_999].media == str(tmp_path / "videos/clip_0000001.mp4")
-    assert elapsed < 10.0
