@@ -51,6 +51,7 @@ from vidctrl.families.base import (
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.registry import register
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
@@ -123,6 +124,7 @@ class CogVideoXFunOptions:
     negative_prompt: str = option(NEGATIVE_PROMPT, help="negative prompt for classifier-free guidance in validation")
 
 
+@register
 class CogVideoXFun(ModelFamily):
     """CogVideoX-Fun InP (33 input channels) and Control (32) on a CogVideoX transformer."""
 
@@ -148,7 +150,7 @@ class CogVideoXFun(ModelFamily):
     # --- configuration -----------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
         if mode not in TRAIN_MODES:

@@ -56,6 +56,7 @@ from vidctrl.families.base import (
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def split_values(values: list[str] | None, separator: str) -> list[str]:
     return [part for value in values or [] for part in value.split(separator)]
 
 
+@register
 class DynamiCtrl(ModelFamily):
     """CogVideoX1.5-I2V + PadaLN: noisy (16) + reference (16) latents in, pose through PadaLN."""
 
@@ -150,7 +152,7 @@ class DynamiCtrl(ModelFamily):
     # --- configuration -----------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         opts: DynamiCtrlOptions = config.family
         mode = config.model.train_mode or TRAIN_MODE
@@ -214,7 +216,7 @@ class DynamiCtrl(ModelFamily):
         ``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer, a folder or a
         file) is loaded strictly over the base folder's transformer, by the same rule.
         """
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
         from vidctrl.models.cogvideox.components import (
             ALL_PARTS,
             WEIGHTS_STEM,

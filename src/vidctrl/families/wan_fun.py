@@ -22,6 +22,7 @@ from vidctrl.families.base import (
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.registry import register
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
@@ -51,6 +52,7 @@ class WanFunOptions:
     negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
 
 
+@register
 class WanFunControl(ModelFamily):
     """Wan2.1-Fun Control: noisy (16) + control (16) + reference-in-frame-0 (16) latents = 48 channels."""
 
@@ -92,7 +94,7 @@ class WanFunControl(ModelFamily):
 
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         options: WanFunOptions = config.family
         mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
