@@ -233,6 +233,22 @@ class TorchFileReader(CheckpointReader):
         self._tensors.clear()
 
 
+def find_weight_files(folder: Path, stem: str) -> list[Path]:
+    """The weight files of one model in ``folder``: ``<stem>.safetensors.index.json`` (sharded), one
+    ``<stem>.safetensors``, index-less ``<stem>-*-of-*.safetensors`` shards, or ``<stem>.bin``/``.pth``,
+    in that order of preference; ``[]`` when there are none (the caller says what is missing)."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        return [index]
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
+    if shards:
+        return shards
+    return [folder / f"{stem}{suffix}" for suffix in (".bin", ".pth") if (folder / f"{stem}{suffix}").is_file()][:1]
+
+
 def open_checkpoint(path: str | Path | Sequence[str | Path]) -> CheckpointReader:
     """A reader for a safetensors file, a sharded ``*.safetensors.index.json``, shards, or a ``.pth``."""
     if not isinstance(path, (str, Path)):

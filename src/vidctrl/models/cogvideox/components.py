@@ -49,6 +49,7 @@ from vidctrl.models.loading import (
     Shape,
     TemplateRule,
     empty_weights,
+    find_weight_files,
     fp32_module_names,
     hub_offline,
     identity_key_map,
@@ -123,25 +124,13 @@ def check_model_folder(root: str | Path) -> Path:
 
 
 def find_weights(folder: Path, stem: str, root: Path, what: str) -> Path | list[Path]:
-    """``<stem>.safetensors.index.json`` shards, one ``<stem>.safetensors``, index-less shards, or ``.bin``."""
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        return index
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return single
-    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
-    if shards:
-        return shards
-    for suffix in (".bin", ".pth"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    rel = folder.relative_to(root) / f"{stem}.safetensors"
-    raise _missing(root, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
-
-
-
-
+    """The weight file (or shards) of one model (`vidctrl.models.loading.find_weight_files`), or a
+    message naming the file that is missing."""
+    files = find_weight_files(folder, stem)
+    if not files:
+        rel = folder.relative_to(root) / f"{stem}.safetensors"
+        raise _missing(root, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
+    return files[0] if len(files) == 1 else files
 
 
 class _WithFreshTensors(CheckpointReader):
