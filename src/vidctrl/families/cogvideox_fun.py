@@ -45,12 +45,12 @@ from torch import nn
 from vidctrl.config.fields import option
 from vidctrl.families.base import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.cogvideox import CogVideoXFamily
 from vidctrl.families.registry import register
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
@@ -125,7 +125,7 @@ class CogVideoXFunOptions:
 
 
 @register
-class CogVideoXFun(ModelFamily):
+class CogVideoXFun(CogVideoXFamily):
     """CogVideoX-Fun InP (33 input channels) and Control (32) on a CogVideoX transformer."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -134,17 +134,12 @@ class CogVideoXFun(ModelFamily):
     }
     options_class: ClassVar[type] = CogVideoXFunOptions
     train_modes: ClassVar[tuple[str, ...]] = TRAIN_MODES
-    frame_multiple: ClassVar[int] = 4
-    trainable_component: ClassVar[str] = "transformer"
     cache_options: ClassVar[tuple[str, ...]] = ("tokenizer_max_length", "inpaint_mask_distribution",
                                                 "add_noise_in_inpaint_model")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, preset: str, options: CogVideoXFunOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or CogVideoXFunOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
         self.add_noise_in_inpaint_model = False
 
     # --- configuration -----------------------------------------------------------------------
@@ -186,19 +181,11 @@ class CogVideoXFun(ModelFamily):
         return write_tiny_cogvideox(out_dir, preset, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
-        from vidctrl.models.cogvideox.components import (
-            ALL_PARTS,
-            load_cogvideox_components,
-            read_json,
-            widen_patch_embedding,
-        )
+    def prepare_transformer(self, path: Path) -> None:
+        """Widen a text-to-video base for the train mode, then the model flags (`--transformer_path` holds
+        weights of the widened transformer)."""
+        from vidctrl.models.cogvideox.components import read_json, widen_patch_embedding
 
-        parts = ALL_PARTS if encoders else ("transformer", "scheduler")
-        self.components = load_cogvideox_components(path, parts=parts, dtype=dtype, device=device)
-        self.device, self.dtype = torch.device(device), dtype
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
         transformer = self.components.transformer
         vae = self.components.vae
         latent = vae.config.latent_channels if vae is not None else read_json(Path(path) / "vae" / "config.json")[
@@ -218,34 +205,7 @@ class CogVideoXFun(ModelFamily):
         if "add_noise_in_inpaint_model" in raw or flag is not None:
             # Not a diffusers argument; kept in the saved config for VideoX-Fun, which reads it from there.
             transformer.register_to_config(add_noise_in_inpaint_model=self.add_noise_in_inpaint_model)
-        model_config = getattr(self.config, "model", None)
-        if model_config is not None and model_config.transformer_path is not None:
-            self._load_transformer_path(Path(model_config.transformer_path))
-        if vae is not None and model_config is not None and model_config.enable_slicing:
-            vae.enable_slicing()
-        if vae is not None and model_config is not None and model_config.enable_tiling:
-            vae.enable_tiling()
-
-    def _load_transformer_path(self, path: Path) -> None:
-        """``--transformer_path``: weights of the same (widened) transformer, strictly."""
-        from vidctrl.models.cogvideox.components import WEIGHTS_STEM, find_weights, load_transformer_weights
-        from vidctrl.models.loading import open_checkpoint
-
-        if path.is_dir():
-            folder = path / "transformer" if (path / "transformer").is_dir() else path
-            source: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
-        else:
-            source = path
-        transformer = self.components.transformer
-        load_transformer_weights(transformer, open_checkpoint(source), dtype=self.dtype, device=self.device)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
+        self.apply_model_options()
 
     # --- objective ---------------------------------------------------------------------------
     def prediction_type(self) -> str:
@@ -278,10 +238,8 @@ class CogVideoXFun(ModelFamily):
         return scheduler
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
+    def text_length(self) -> int:
+        return self.options.tokenizer_max_length
 
     def usable_frames(self, frames: int) -> int:
         """CogVideoX 1.5 needs latent frames in multiples of ``patch_size_t``: drop the extra ones at the end."""
@@ -290,22 +248,6 @@ class CogVideoXFun(ModelFamily):
             return frames
         extra = ((frames - 1) // 4 + 1) % p_t
         return max(frames - extra * 4, 1)
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w), unscaled, in the VAE's dtype."""
-        vae = self.components.vae
-        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.constants["scaling_factor"])
 
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples (B, 16, T, h, w) float32 of `vae_moments`' output."""
@@ -318,24 +260,6 @@ class CogVideoXFun(ModelFamily):
         if generator is None:
             return mean.float() * self.scaling_factor
         return self.sample_latents(mean, std, generator)
-
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings (B, 226, 4096) in the encoder's dtype: padded to the maximum length, no attention
-        mask (as CogVideoX), so the padding positions carry values too."""
-        c = self.components
-        tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
-                             truncation=True, add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0]
-
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """`text_embeddings` in float32."""
-        return self.text_embeddings(captions).float()
-
-    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
-        return torch.rand(size, generator=generator) < probability
 
     @torch.no_grad()
     def inpaint_inputs(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
@@ -385,10 +309,7 @@ class CogVideoXFun(ModelFamily):
         return self.inpaint_from(inputs, generator)
 
     def encode_constants(self) -> dict[str, torch.Tensor]:
-        return {
-            "scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64),
-            "empty_text": self.text_embeddings([""])[0].cpu(),
-        }
+        return {**super().encode_constants(), "empty_text": self.text_embeddings([""])[0].cpu()}
 
     @torch.no_grad()
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -552,16 +473,3 @@ class CogVideoXFun(ModelFamily):
             else:
                 latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
         return self.decode(latents)[:frames]
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8.
-
-        The CogVideoX VAE decodes an even number of latent frames to ``4 T`` frames (its temporal
-        upsampling doubles every frame of an even chunk), an odd number to ``4 T - 3``; callers cut
-        to the frames they asked for.
-        """
-        vae = self.components.vae
-        video = vae.decode((latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-        video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 0, 2, 3).cpu()

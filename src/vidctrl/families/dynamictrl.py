@@ -50,12 +50,13 @@ from vidctrl.config.fields import option
 from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
 from vidctrl.families.base import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.encoding import model_options
 from vidctrl.families.registry import register
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def split_values(values: list[str] | None, separator: str) -> list[str]:
 
 
 @register
-class DynamiCtrl(ModelFamily):
+class DynamiCtrl(CogVideoXFamily):
     """CogVideoX1.5-I2V + PadaLN: noisy (16) + reference (16) latents in, pose through PadaLN."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -136,17 +137,13 @@ class DynamiCtrl(ModelFamily):
     }
     options_class: ClassVar[type] = DynamiCtrlOptions
     train_modes: ClassVar[tuple[str, ...]] = (TRAIN_MODE,)
-    frame_multiple: ClassVar[int] = 4
-    trainable_component: ClassVar[str] = "transformer"
     cache_options: ClassVar[tuple[str, ...]] = ("id_token",)
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
     def __init__(self, preset: str, options: DynamiCtrlOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or DynamiCtrlOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
         self.padaln_added = False
+        self._added: list[int] = []
         self._rotary: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- configuration -----------------------------------------------------------------------
@@ -210,46 +207,31 @@ class DynamiCtrl(ModelFamily):
         return write_tiny_dynamictrl(out_dir, layout=layout, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
-        """Load every component; the transformer gains PadaLN layers when its checkpoint has none.
+    def transformer_class(self) -> type[nn.Module]:
+        from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
 
-        ``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer, a folder or a
-        file) is loaded strictly over the base folder's transformer, by the same rule.
-        """
+        return DynamiCtrlTransformer3DModel
+
+    def initialize_missing(self) -> Any:
+        """PadaLN layers for a checkpoint without them (a CogVideoX1.5-I2V base); `padaln_added` then
+        says whether the last weights loaded (base, or ``--transformer_path``) lacked them."""
+        from vidctrl.models.cogvideox.padaln import padaln_initializer
+
+        self._added = []
+        return padaln_initializer(zero_init=self.options.padaln_zero_init, on_added=self._added.append)
+
+    def prepare_transformer(self, path: Path) -> None:
+        """``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer) first, by the
+        same rule as the base folder's; then the PadaLN and version checks and the widening."""
         from vidctrl.config.fields import ConfigError
-        from vidctrl.models.cogvideox.components import (
-            ALL_PARTS,
-            WEIGHTS_STEM,
-            find_weights,
-            load_cogvideox_components,
-            load_transformer_weights,
-            widen_patch_embedding,
-        )
-        from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel, padaln_initializer
-        from vidctrl.models.loading import open_checkpoint
+        from vidctrl.models.cogvideox.components import widen_patch_embedding
 
-        zero_init = self.options.padaln_zero_init
-        added: list[int] = []
-        self.components = load_cogvideox_components(
-            path, parts=ALL_PARTS if encoders else ("transformer", "scheduler"), dtype=dtype, device=device,
-            transformer_class=DynamiCtrlTransformer3DModel,
-            initialize_missing=padaln_initializer(zero_init=zero_init, on_added=added.append),
-        )
-        self.device, self.dtype = torch.device(device), dtype
+        self.apply_model_options()
         transformer = self.components.transformer
-        model_config = getattr(self.config, "model", None)
-        source = path
-        if model_config is not None and model_config.transformer_path is not None:
-            source = Path(model_config.transformer_path)
-            if source.is_dir():
-                folder = source / "transformer" if (source / "transformer").is_dir() else source
-                files: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
-            else:
-                files = source
-            added = []
-            load_transformer_weights(transformer, open_checkpoint(files), dtype=dtype, device=device,
-                                     initialize_missing=padaln_initializer(zero_init=zero_init,
-                                                                           on_added=added.append))
+        model_config = model_options(self.config)
+        transformer_path = getattr(model_config, "transformer_path", None)
+        source = path if transformer_path is None else Path(transformer_path)
+        zero_init, added = self.options.padaln_zero_init, self._added
         self.padaln_added = bool(added)
         if self.padaln_added:
             log.info("%s: added %d PadaLN layers to the CogVideoX base (%s initialisation)", source, added[0],
@@ -268,21 +250,6 @@ class DynamiCtrl(ModelFamily):
             raise ConfigError(f"{path}: DynamiCtrl needs a CogVideoX 1.5 transformer (patch_size_t 2); this one is 1.0")
         # A text-to-video base (16 input channels) takes the reference latent through zero-filled channels.
         widen_patch_embedding(transformer, 2 * transformer.config.out_channels)
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
-        vae = self.components.vae
-        if vae is not None and model_config is not None and model_config.enable_slicing:
-            vae.enable_slicing()
-        if vae is not None and model_config is not None and model_config.enable_tiling:
-            vae.enable_tiling()
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
         from vidctrl.objectives.ddpm import DDPM
@@ -295,48 +262,14 @@ class DynamiCtrl(ModelFamily):
                                           sampler=sampler)
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unscaled, in the
-        VAE's dtype."""
-        vae = self.components.vae
-        chunk = max(1, self.config.model.vae_mini_batch if self.config is not None else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples ``(B, T, 16, h, w)`` of `vae_moments`' output."""
-        scale = float(self.constants["scaling_factor"])
-        return (posterior_sample(mean, std, generator) * scale).permute(0, 2, 1, 3, 4)
+        return (posterior_sample(mean, std, generator) * self.scaling_factor).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples ``(B, T, 16, h, w)`` of ``(B, 3, F, H, W)`` pixels in [-1, 1]."""
         return self.sample_latents(*self.vae_moments(video), generator)
-
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings ``(B, max_text_seq_length, 4096)`` in the encoder's dtype, padded, without an
-        attention mask (as CogVideoX)."""
-        c = self.components
-        length = c.transformer.config.max_text_seq_length
-        tokens = c.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
-                             add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0]
-
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """`text_embeddings` in float32."""
-        return self.text_embeddings(captions).float()
 
     def caption(self, text: str) -> str:
         token = self.options.id_token
@@ -349,9 +282,6 @@ class DynamiCtrl(ModelFamily):
                 f"{what} gives {frames} latent frames, not a multiple of patch_size_t {p_t}; choose frame buckets with "
                 "an even latent count (e.g. 37, 45, 53)"
             )
-
-    def encode_constants(self) -> dict[str, torch.Tensor]:
-        return {"scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64)}
 
     @torch.no_grad()
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -515,16 +445,6 @@ class DynamiCtrl(ModelFamily):
             latents, old_pred = scheduler.step(out, old_pred, t, previous, latents, generator=generator,
                                                return_dict=False)
         return self.decode(latents[:, extra:])
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8 (the VAE gives 4(T - 1) + 1 frames for odd T,
-        4T for even T)."""
-        vae = self.components.vae
-        video = vae.decode((latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(vae.dtype)).sample
-        video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 0, 2, 3).cpu()
-
 
 # --------------------------------------------------------------------------------------------
 # Tiny model (for `vidctrl model tiny --preset dynamictrl`)

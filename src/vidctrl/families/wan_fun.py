@@ -23,6 +23,7 @@ from vidctrl.families.base import (
     stack_samples,
 )
 from vidctrl.families.registry import register
+from vidctrl.models.loading import KeyMap
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
@@ -75,9 +76,6 @@ class WanFunControl(ModelFamily):
 
     def __init__(self, preset: str, options: WanFunOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or WanFunOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
 
     # --- configuration -----------------------------------------------------------------------
     @classmethod
@@ -137,6 +135,13 @@ class WanFunControl(ModelFamily):
 
         # A base with fewer input channels (text-to-video: 16) is widened with zero-filled channels.
         widen_input_channels(transformer, "patch_embedding", {"control_ref": 48, "control": 32}.get(self.train_mode, 32))
+        self.apply_model_options()
+
+    def trainable_key_maps(self) -> list[KeyMap]:
+        """`--transformer_path` files: vidctrl's saves (diffusers names) or VideoX-Fun's (original names)."""
+        from vidctrl.models.wan.keymap import transformer_key_map
+
+        return [*super().trainable_key_maps(), transformer_key_map()]
 
     @property
     def denoiser(self) -> nn.Module:
@@ -172,24 +177,6 @@ class WanFunControl(ModelFamily):
         )
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unnormalised,
-        in the VAE's dtype (`normalise` does the rest in float32)."""
-        vae = self.components.vae
-        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
     def normalise(self, mean: torch.Tensor) -> torch.Tensor:
         """Posterior means to normalised latents: per-channel (mean - latents_mean) / latents_std."""
         c = self.constants
@@ -255,10 +242,6 @@ class WanFunControl(ModelFamily):
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
         """`clip_features` in float32."""
         return self.clip_features(images).float()
-
-    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
-        return torch.rand(size, generator=generator) < probability
 
     def reference_index(self, frames: int, generator: torch.Generator) -> int:
         """The clip frame the reference image is taken from: frame 0, or (V1.1 `random`) frame 0 with
