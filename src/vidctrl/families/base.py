@@ -240,15 +240,13 @@ class ModelFamily(ABC):
     def load_trainable_weights(self, reader: CheckpointReader, *, source: str) -> None:
         """Fill the trainable model strictly from `reader`, through whichever `trainable_key_maps` entry
         maps the most of its keys onto the model (every key must then load)."""
-        from vidctrl.models.loading import fp32_module_names, load_checkpoint
+        from vidctrl.models.loading import load_component
 
         model = self.denoiser
         names = set(model.state_dict().keys())
         keys = list(reader.shapes())
         key_map = max(self.trainable_key_maps(), key=lambda m: len(names & set(m.plan(keys).assignments)))
-        with reader:
-            load_checkpoint(model, reader, key_map, dtype=self.dtype, device=self.device,
-                            keep_in_fp32=fp32_module_names(model, self.dtype), what=f"{source} -> {key_map.name}")
+        load_component(model, reader, key_map, dtype=self.dtype, device=self.device, what=f"{source} -> {key_map.name}")
 
     # --- training --------------------------------------------------------------------------
     def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:

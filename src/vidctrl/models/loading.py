@@ -770,6 +770,18 @@ def load_checkpoint(
     return report
 
 
+def load_component(model: nn.Module, reader: CheckpointReader, key_map: KeyMap, *, dtype: torch.dtype | None,
+                   device: torch.device | str, strict: bool = True, what: str) -> LoadReport:
+    """`load_checkpoint` for a model component, keeping in fp32 what its library keeps there
+    (`fp32_module_names`), closing the reader, and leaving the model in eval mode (as
+    ``from_pretrained`` returns it; trainers call ``.train()`` on what they train)."""
+    with reader:
+        report = load_checkpoint(model, reader, key_map, dtype=dtype, device=device,
+                                 keep_in_fp32=fp32_module_names(model, dtype), strict=strict, what=what)
+    model.eval()
+    return report
+
+
 def fp32_module_names(model: nn.Module, dtype: torch.dtype | None) -> tuple[str, ...]:
     """Module names a library keeps in fp32 when loading ``model`` in ``dtype``, by its own rules.
 

@@ -50,10 +50,9 @@ from vidctrl.models.loading import (
     TemplateRule,
     empty_weights,
     find_weight_files,
-    fp32_module_names,
     hub_offline,
     identity_key_map,
-    load_checkpoint,
+    load_component,
     open_checkpoint,
     read_json,
 )
@@ -153,15 +152,6 @@ class _WithFreshTensors(CheckpointReader):
         self.base.close()
 
 
-def _load(model: nn.Module, reader: CheckpointReader, key_map: KeyMap, *, dtype: torch.dtype | None,
-          device: torch.device | str, strict: bool, what: str) -> LoadReport:
-    with reader:
-        report = load_checkpoint(model, reader, key_map, dtype=dtype, device=device,
-                                 keep_in_fp32=fp32_module_names(model, dtype), strict=strict, what=what)
-    model.eval()
-    return report
-
-
 # --------------------------------------------------------------------------------------------
 # Transformer
 # --------------------------------------------------------------------------------------------
@@ -199,7 +189,7 @@ def load_transformer_weights(model: nn.Module, reader: CheckpointReader, *, dtyp
         missing = [k for k in expected.shapes if k not in provided]
         if missing:
             reader = _WithFreshTensors(reader, initialize_missing(model, missing))
-    return _load(model, reader, key_map, dtype=dtype, device=device, strict=strict,
+    return load_component(model, reader, key_map, dtype=dtype, device=device, strict=strict,
                  what=what or f"{type(model).__name__} <- {reader.description}")
 
 
@@ -331,7 +321,7 @@ def load_cogvideox_vae(root: str | Path, *, dtype: torch.dtype | None = None, de
     reader = open_checkpoint(find_weights(folder, WEIGHTS_STEM, root, "VAE weights"))
     with empty_weights():
         model = AutoencoderKLCogVideoX.from_config(config)
-    report = _load(model, reader, identity_key_map("CogVideoX VAE (diffusers layout)"), dtype=dtype,
+    report = load_component(model, reader, identity_key_map("CogVideoX VAE (diffusers layout)"), dtype=dtype,
                    device=device, strict=strict, what=f"CogVideoX VAE <- {reader.description}")
     return model, report
 
@@ -347,7 +337,7 @@ def load_cogvideox_text_encoder(root: str | Path, *, dtype: torch.dtype | None =
     reader = open_checkpoint(find_weights(folder, TEXT_ENCODER_STEM, root, "text encoder weights"))
     with empty_weights():
         model = T5EncoderModel(config)
-    report = _load(model, reader, identity_key_map("CogVideoX T5 encoder (transformers layout)"), dtype=dtype,
+    report = load_component(model, reader, identity_key_map("CogVideoX T5 encoder (transformers layout)"), dtype=dtype,
                    device=device, strict=strict, what=f"CogVideoX T5 encoder <- {reader.description}")
     return model, report
 

@@ -44,16 +44,14 @@ from transformers import (
 )
 
 from vidctrl.models.loading import (
-    CheckpointReader,
     KeyMap,
     LoadReport,
     Shape,
     empty_weights,
     find_weight_files,
-    fp32_module_names,
     hub_offline,
     identity_key_map,
-    load_checkpoint,
+    load_component,
     open_checkpoint,
     read_json,
 )
@@ -171,31 +169,6 @@ def _dtype_for(dtype: ModelDType, part: str) -> torch.dtype | None:
     return dtype
 
 
-def _load(
-    model: nn.Module,
-    reader: CheckpointReader,
-    key_map: KeyMap,
-    *,
-    dtype: torch.dtype | None,
-    device: torch.device | str,
-    strict: bool,
-    what: str,
-) -> LoadReport:
-    with reader:
-        report = load_checkpoint(
-            model,
-            reader,
-            key_map,
-            dtype=dtype,
-            device=device,
-            keep_in_fp32=fp32_module_names(model, dtype),
-            strict=strict,
-            what=what,
-        )
-    model.eval()  # as from_pretrained returns them; trainers call .train() on what they train
-    return report
-
-
 # --------------------------------------------------------------------------------------------
 # One table of components
 # --------------------------------------------------------------------------------------------
@@ -293,7 +266,7 @@ def load_wan_component(
     factory, key_map = spec.build(raw, reader.shapes(), source, layout)
     with empty_weights():
         model = factory()
-    return model, _load(model, reader, key_map, dtype=dtype, device=device, strict=strict,
+    return model, load_component(model, reader, key_map, dtype=dtype, device=device, strict=strict,
                         what=f"{spec.what} <- {reader.description}")
 
 
