@@ -7,6 +7,8 @@ is prepared for its train mode (`prepare_transformer`), and the text length.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,6 +96,34 @@ class CogVideoXFamily(ModelFamily):
 
     def encode_constants(self) -> dict[str, torch.Tensor]:
         return {"scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64)}
+
+    # --- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_guided(self, scheduler: Any, latents: torch.Tensor,
+                      predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, guidance_scale: float,
+                      steps: int, generator: torch.Generator, dynamic_cfg: bool = False) -> torch.Tensor:
+        """Denoise `latents` over `scheduler`'s timesteps (CogVideoX DDIM, or DPM-Solver with its previous
+        x0) with classifier-free guidance: `predict(latents, t)` returns the model's output for the rows
+        [unconditional, conditional] when `guidance_scale` > 1, for the conditional row alone otherwise.
+        `dynamic_cfg`: CogVideoX's cosine-scheduled guidance scale."""
+        from diffusers import CogVideoXDPMScheduler
+
+        dpm = isinstance(scheduler, CogVideoXDPMScheduler)
+        timesteps, previous_x0 = scheduler.timesteps, None
+        for i, t in enumerate(timesteps):
+            prediction = predict(latents, t).float()
+            if guidance_scale > 1.0:
+                scale = guidance_scale
+                if dynamic_cfg:
+                    scale = 1 + guidance_scale * (1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + scale * (cond - uncond)
+            if dpm:
+                latents, previous_x0 = scheduler.step(prediction, previous_x0, t, timesteps[i - 1] if i > 0 else None,
+                                                      latents, generator=generator, return_dict=False)
+            else:
+                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        return latents
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -458,18 +458,11 @@ class CogVideoXFun(CogVideoXFamily):
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, latent_size[0], latent, latent_size[1], latent_size[2])
         latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
-        previous_x0 = None
-        timesteps = scheduler.timesteps
-        for i, t in enumerate(timesteps):
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_input = torch.cat([latents, latents]) if guided else latents
-            prediction = self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]),
-                                       conditions).float()
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
-            if self.options.validation_sampler == "dpm":
-                latents, previous_x0 = scheduler.step(prediction, previous_x0, t, timesteps[i - 1] if i > 0 else None,
-                                                      latents, generator=generator, return_dict=False)
-            else:
-                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            return self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]), conditions)
+
+        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator)
         return self.decode(latents)[:frames]

@@ -58,6 +58,7 @@ from vidctrl.families.base import (
 from vidctrl.families.cogvideox import CogVideoXFamily
 from vidctrl.families.encoding import model_options
 from vidctrl.families.registry import register
+from vidctrl.models.cogvideox.tiny import write_tiny_dynamictrl
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +394,6 @@ class DynamiCtrl(CogVideoXFamily):
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
         """CogVideoXDPMScheduler sampling as the DynamiCtrl pipeline, with text guidance."""
-        import math
-
         from diffusers import CogVideoXDPMScheduler
 
         if sample.reference is None or sample.control is None:
@@ -413,7 +412,7 @@ class DynamiCtrl(CogVideoXFamily):
         if extra:
             image_latents = torch.cat([image_latents[:, :extra], image_latents], dim=1)
             control = torch.cat([control[:, :extra], control], dim=1)
-        text = self.encode_text([sample.prompt, self.options.negative_prompt])
+        text = self.encode_text([self.options.negative_prompt, sample.prompt])
         guided = guidance_scale > 1.0
 
         scheduler = CogVideoXDPMScheduler.from_config(self.components.scheduler_config)
@@ -422,68 +421,20 @@ class DynamiCtrl(CogVideoXFamily):
         latents = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
         latents = latents * scheduler.init_noise_sigma
         rotary = self.rotary(shape[1], shape[3], shape[4])
-        old_pred = None
-        for i, t in enumerate(scheduler.timesteps):
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             hidden = torch.cat([latents, image_latents], dim=2).to(self.dtype)
             batch = 2 if guided else 1
-            out = model(
+            return model(
                 hidden_states=hidden.expand(batch, -1, -1, -1, -1),
-                encoder_hidden_states=(text if guided else text[:1]).to(self.dtype),
+                encoder_hidden_states=(text if guided else text[1:]).to(self.dtype),
                 timestep=t.expand(batch),
                 control_hidden_states=control.to(self.dtype).expand(batch, -1, -1, -1, -1),
                 ofs=hidden.new_full((1,), OFS),
                 image_rotary_emb=rotary,
                 return_dict=False,
-            )[0].float()
-            if guided:
-                scale = guidance_scale
-                if self.options.use_dynamic_cfg:
-                    scale = 1 + guidance_scale * (1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2
-                cond, uncond = out.chunk(2)
-                out = uncond + scale * (cond - uncond)
-            previous = scheduler.timesteps[i - 1] if i > 0 else None
-            latents, old_pred = scheduler.step(out, old_pred, t, previous, latents, generator=generator,
-                                               return_dict=False)
+            )[0]
+
+        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg)
         return self.decode(latents[:, extra:])
-
-# --------------------------------------------------------------------------------------------
-# Tiny model (for `vidctrl model tiny --preset dynamictrl`)
-# --------------------------------------------------------------------------------------------
-
-
-def write_tiny_dynamictrl(out_dir: str | Path, *, layout: str = "diffusers", seed: int = 0,
-                          with_padaln: bool = True) -> Path:
-    """A tiny random DynamiCtrl model (``with_padaln=False``: a CogVideoX1.5-I2V base) in the release's
-    folder layout, ``transformer/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``, built by
-    `vidctrl.models.cogvideox.tiny.write_tiny_cogvideox` (variant 1.5, 32 input channels).
-
-    DynamiCtrl's release is a diffusers-style folder whose transformer config names the original class
-    (``DynamiCtrlTransformerModel``); ``layout="original"`` writes those class names, ``"diffusers"``
-    vidctrl's. The weights and keys are the same.
-    """
-    import json
-
-    from diffusers import CogVideoXTransformer3DModel
-
-    from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
-    from vidctrl.models.cogvideox.tiny import write_tiny_cogvideox
-
-    if layout not in ("diffusers", "original"):
-        raise ValueError(f"layout must be 'diffusers' or 'original', not {layout!r}")
-    transformer_class = DynamiCtrlTransformer3DModel if with_padaln else CogVideoXTransformer3DModel
-    out = write_tiny_cogvideox(out_dir, variant="1.5", in_channels=32, seed=seed, transformer_class=transformer_class)
-    if not with_padaln:
-        pipeline, transformer_entry = "CogVideoXImageToVideoPipeline", ["diffusers", "CogVideoXTransformer3DModel"]
-    elif layout == "original":
-        pipeline, transformer_entry = "DynamiCtrlAnimationPipeline", ["dynamictrl", "DynamiCtrlTransformerModel"]
-        config_file = out / "transformer" / "config.json"
-        config = {**json.loads(config_file.read_text()), "_class_name": "DynamiCtrlTransformerModel"}
-        config_file.write_text(json.dumps(config, indent=2) + "\n")
-    else:
-        pipeline = "DynamiCtrlAnimationPipeline"
-        transformer_entry = ["vidctrl.models.cogvideox.padaln", "DynamiCtrlTransformer3DModel"]
-    index_file = out / "model_index.json"
-    model_index = {**json.loads(index_file.read_text()), "_class_name": pipeline, "_vidctrl_preset": PRESET,
-                   "transformer": transformer_entry}
-    index_file.write_text(json.dumps(model_index, indent=2) + "\n")
-    return out
