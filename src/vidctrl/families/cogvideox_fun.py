@@ -1,35 +1,5 @@
 """CogVideoX-Fun (InP and Control): condition latents concatenated on the channels of a CogVideoX
-transformer, trained with DDPM (v-prediction, zero terminal SNR).
-
-Facts (VideoX-Fun scripts/cogvideox_fun/train.py and train_control.py; CogVideoX-Fun scripts/train.py;
-released configs in shared/reference/checkpoints/CogVideoX-Fun-V1.1-*):
-
-- Hidden states are ``(B, F, C, H, W)``. InP: ``noisy (16) + mask (1) + masked-video latents (16) = 33``
-  input channels; Control: ``noisy (16) + control latents (16) = 32``; normal (text-to-video): 16.
-- Latents are ``vae.encode(x).latent_dist.sample() * scaling_factor`` (0.7 for 5B, 1.15258426 for 2B);
-  control latents the same. The inpaint condition is ``cat([latent keep mask, masked-video latents])``
-  times ``scaling_factor`` (the mask channel too), zeroed for 90% of fully masked samples
-  (text-to-video is the fully masked case). Masks: `vidctrl.models.cogvideox.inpaint`; a sample's
-  mask and kept-pixel noise come from its own seed (`fixed_draw_generators`), so that `vidctrl cache`
-  can store the masked video's posterior.
-- Text: T5 tokens padded to 226 (``--tokenizer_max_length``), no attention mask, ``[0]`` of the encoder.
-  VideoX-Fun's dataset drops the caption with probability 0.1 (``text_drop_ratio``; CogVideoX-Fun's
-  dataset default is -1, never).
-- Objective: ``mse(model(x_t), v)`` averaged over every element, ``x_t = add_noise(x0, eps, t)``,
-  t uniform over ``train_sampling_steps`` (rank-stratified with ``--uniform_sampling``). VideoX-Fun
-  loads the scheduler folder as ``DDPMScheduler``, which ignores ``snr_shift_scale`` (3.0 in the 2B
-  config), while the CogVideoX pipelines sample with ``CogVideoXDDIMScheduler``/``DPMScheduler``, which
-  apply it. vidctrl trains on the schedule of the config's own class by default (shift applied) and
-  samples validation videos on exactly the training ``alphas_cumprod``; ``--noise_schedule ddpm``
-  reproduces CogVideoX-Fun's training noise (and then validates without the shift as well).
-- 5B: 3D rotary embeddings computed for the training size (`rotary_embedding`); 2B: diffusers
-  recomputes its sinusoidal table for the training size (CogVideoX-Fun's own 2B class instead
-  interpolated the 480x720 table; the saved model runs in diffusers, so vidctrl trains what diffusers runs).
-- Gradient clipping: the CogVideoX-Fun scripts' decaying limit (``initial_grad_norm_ratio`` 5,
-  ``abnormal_norm_clip_start`` 1000).
-- Validation: inpaint mode conditions on the reference image as frame 0 (the rest masked), or on
-  nothing (text-to-video) without one; control mode on the control video; normal on text only.
-  Negative prompt and noise augmentation 0.0563 of the kept frame as the CogVideoX-Fun pipelines.
+transformer, trained with DDPM (v-prediction, zero terminal SNR). Facts: docs/facts/cogvideox-fun.md.
 """
 
 from __future__ import annotations

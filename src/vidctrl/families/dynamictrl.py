@@ -1,38 +1,8 @@
 """DynamiCtrl: CogVideoX1.5-5B-I2V with the reference latent concatenated (32 channels) and the pose
 video through Pose-adaptive LayerNorm in every block (`vidctrl.models.cogvideox.padaln`).
 
-What the original does (gulucaptain/DynamiCtrl ``scripts/dynamictrl_sft_finetune.py``,
-``utils/dataset.py``, ``dynamictrl/pipelines/dynamictrl_pipeline.py``), and what vidctrl does:
-
-- Clips: a contiguous window of the frame bucket nearest ``min(len, --max_num_frames)``, stretched to
-  the (height, width) bucket pair nearest the video's size (`vidctrl.data.sampling`,
-  `vidctrl.data.shapes`). CogVideoX 1.5 patches ``patch_size_t = 2`` latent frames at a time, so
-  ``(F - 1) // 4 + 1`` must be even (the original's help: "such as 53"): the config check refuses
-  other frame buckets instead of crashing in the patch embedding as the original does.
-- Reference: the clip's first frame plus Gaussian noise of scale ``exp(N(-3, 0.5))`` per sample (in
-  [-1, 1] pixels), VAE-encoded, followed by zero latents for the remaining frames; the whole
-  reference latent is zeroed with probability ``--noised_image_dropout`` (0.05). The original draws
-  that once per batch with Python's ``random``; vidctrl draws per sample from the sample's condition
-  stream (the same with batch size 1). The pixel noise comes from the sample's own seed
-  (`fixed_draw_generators`), so `vidctrl cache` can store the noisy reference's posterior; the
-  original's ``--load_tensors`` caches the clean frame instead and cannot cache the pose.
-- Latents of the video, the noisy reference and the pose are posterior *samples* times the VAE's
-  ``scaling_factor`` (``(B, F, 16, h, w)``); captions get ``--id_token`` and a space in front and are
-  encoded by T5 to ``max_text_seq_length`` (226) tokens without an attention mask.
-- Objective: `vidctrl.objectives.ddpm.DDPM` on ``CogVideoXDPMScheduler``'s schedule (its SNR shift
-  applies), uniform integer timesteps, v-prediction turned into x0 and weighted by
-  ``1 / (1 - alphabar_t)`` (``loss_style="x0"``). ``ofs`` is 2.0.
-- PadaLN: a CogVideoX1.5-I2V checkpoint gains the layers, initialised as PyTorch does (the original)
-  or, with ``--padaln_zero_init``, to zero so that training starts from the exact base model (see
-  `vidctrl.models.cogvideox.padaln.padaln_initializer`); a DynamiCtrl checkpoint restores them.
-- Validation (``--validation_prompt`` / ``--validation_images`` / ``--validation_driving_videos``,
-  each split by ``--validation_prompt_separator``, default ``:::``): CogVideoXDPMScheduler sampling
-  with classifier-free guidance on the text (the reference and the pose condition both branches),
-  as the DynamiCtrl pipeline. An odd latent frame count is padded at the front by one frame (the
-  pipeline's rule) and the padding dropped before decoding; the original pads the noise and the
-  reference but feeds a pose video 4 frames longer, misaligned by one latent frame, where vidctrl
-  duplicates the first pose latent into the padding slot. The reference latent is scaled as in
-  training (the pipeline skips ``scaling_factor`` when the VAE config sets ``invert_scale_latents``).
+What the original does and where vidctrl differs (clips, the noisy reference, captions, the x0 loss,
+PadaLN initialisation, validation padding): docs/facts/dynamictrl.md.
 """
 
 from __future__ import annotations
