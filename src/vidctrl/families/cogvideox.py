@@ -90,6 +90,12 @@ class CogVideoXFamily(ModelFamily):
         """`text_embeddings` in float32."""
         return self.text_embeddings(captions).float()
 
+    def token_count(self, batch_size: int, frames: int, height: int, width: int) -> int:
+        """Transformer tokens of `batch_size` latent videos of (frames, height, width), for tokens/s."""
+        config = self.components.transformer.config
+        p, p_t = config.patch_size, config.patch_size_t or 1
+        return batch_size * (frames // p_t) * (height // p) * (width // p)
+
     @property
     def scaling_factor(self) -> float:
         return float(self.constants["scaling_factor"])

@@ -325,9 +325,7 @@ class CogVideoXFun(CogVideoXFamily):
         empty = self.constants["empty_text"]
         conditions["text"] = torch.stack([(empty if drop else sample["text"]).to(self.device) for drop, sample
                                           in zip(dropped.tolist(), samples, strict=True)]).float()
-        t, h, w = latents.shape[2:]
-        p, p_t = self.components.transformer.config.patch_size, self.components.transformer.config.patch_size_t
-        tokens = batch_size * (t // (p_t or 1)) * (h // p) * (w // p)
+        tokens = self.token_count(batch_size, *latents.shape[2:])
         return EncodedBatch(latents=latents.permute(0, 2, 1, 3, 4), conditions=conditions, media=list(media),
                             tokens=tokens)
 

@@ -294,9 +294,7 @@ class DynamiCtrl(CogVideoXFamily):
         image_latents = image_latents * keep.to(image_latents).view(-1, 1, 1, 1, 1)
         text = stacked("text").float()
 
-        config = self.components.transformer.config
-        p, p_t = config.patch_size, config.patch_size_t or 1
-        tokens = batch_size * (frames // p_t) * (latents.shape[-2] // p) * (latents.shape[-1] // p)
+        tokens = self.token_count(batch_size, frames, *latents.shape[-2:])
         conditions = {"image_latents": image_latents, "control": control, "text": text}
         return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 

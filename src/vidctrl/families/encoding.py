@@ -22,6 +22,8 @@ from vidctrl.models.loading import CheckpointReader, find_weight_files, open_che
 
 #: the weights file stem diffusers writes for a transformer / UNet (`save_pretrained`)
 WEIGHTS_STEM = "diffusion_pytorch_model"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def video_pixels(frames: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -46,6 +48,20 @@ def posterior_moments(vae: nn.Module, pixels: torch.Tensor, *, mini_batch: int) 
         means.append(dist.mean)
         stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def clip_hidden_states(encoder: nn.Module, images: torch.Tensor, *, layer: int = -2) -> torch.Tensor:
+    """A CLIP vision tower's hidden states at `layer` (Wan: the penultimate, (B, 257, 1280) for ViT-H/14)
+    of (B, 3, H, W) images in [-1, 1]: resized bicubically to the tower's square input size and
+    normalised with CLIP's mean and std, in the encoder's dtype."""
+    x = (images.float() * 0.5 + 0.5).clamp(0, 1)
+    side = encoder.config.image_size  # type: ignore[union-attr]  # 224 for the real ViT-H/14
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    x = ((x - mean) / std).to(encoder.dtype)  # type: ignore[arg-type]
+    return encoder(pixel_values=x, output_hidden_states=True).hidden_states[layer]
 
 
 def configure_vae(vae: nn.Module, *, slicing: bool, tiling: bool, preset: str) -> None:

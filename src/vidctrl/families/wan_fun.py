@@ -22,6 +22,7 @@ from vidctrl.families.base import (
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.encoding import clip_hidden_states
 from vidctrl.families.registry import register
 from vidctrl.models.loading import KeyMap
 
@@ -29,8 +30,6 @@ from vidctrl.models.loading import KeyMap
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
 # What the VideoX-Fun trainer does without being told: a decaying gradient-clip limit.
 VIDEOX_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -229,14 +228,7 @@ class WanFunControl(ModelFamily):
     def clip_features(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP ViT-H penultimate features (B, 257, 1280) of (B, 3, H, W) images in [-1, 1], in the
         encoder's dtype."""
-        encoder = self.components.image_encoder
-        x = (images.float() * 0.5 + 0.5).clamp(0, 1)
-        side = encoder.config.image_size  # 224 for the real ViT-H/14
-        x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(encoder.dtype)
-        return encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+        return clip_hidden_states(self.components.image_encoder, images, layer=-2)
 
     @torch.no_grad()
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
