@@ -141,3 +141,15 @@ def test_transformer_path_that_does_not_exist_is_one_clear_error(tiny_wan: dict,
     with pytest.raises(ConfigError, match=r"no diffusion_pytorch_model\.safetensors"):
         load_family(V11, tiny_wan[V11, 0, "diffusers"], "--transformer_path", str(tmp_path / "empty"),
                     encoders=False)
+
+
+@pytest.mark.parametrize("preset", ["cogvideox-fun-control", "dynamictrl"])
+def test_transformer_path_loads_fine_tuned_weights_on_cogvideox_presets(preset: str, tmp_path: Path) -> None:
+    family_class = family_for_preset(preset)
+    base = family_class.write_tiny(tmp_path / "base", preset, seed=0)
+    tuned_dir = family_class.write_tiny(tmp_path / "tuned", preset, seed=1)
+    tuned = load_family(preset, tuned_dir, encoders=False).denoiser.state_dict()
+    assert any(not torch.equal(load_family(preset, base, encoders=False).denoiser.state_dict()[k], v)
+               for k, v in tuned.items())
+    loaded = load_family(preset, base, "--transformer_path", str(tuned_dir), encoders=False).denoiser.state_dict()
+    assert loaded.keys() == tuned.keys() and all(torch.equal(loaded[k], v) for k, v in tuned.items())
