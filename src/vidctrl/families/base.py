@@ -122,6 +122,8 @@ class ModelFamily(ABC):
     frame_multiple: ClassVar[int] = 4
     #: name of the trainable component (its diffusers subfolder in checkpoints)
     trainable_component: ClassVar[str] = "transformer"
+    #: the components that never train (attributes of `components`: VAE, text and image encoders)
+    frozen_components: ClassVar[tuple[str, ...]] = ("vae", "text_encoder")
     #: family options that change what `encode_deterministic` computes (part of a cache's fingerprint)
     cache_options: ClassVar[tuple[str, ...]] = ()
 
@@ -183,14 +185,22 @@ class ModelFamily(ABC):
             files.append(file)
         return files
 
+    def use_components(self, components: Any, *, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Keep what `load` loaded (on `device`, encoders in `dtype`), with the encoders frozen in eval mode."""
+        self.components = components
+        self.device, self.dtype = torch.device(device), dtype
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False).eval()
+
     @property
-    @abstractmethod
     def denoiser(self) -> nn.Module:
         """The model being trained (wrapped by accelerate/peft by the loop)."""
+        return getattr(self.components, self.trainable_component)
 
-    @abstractmethod
     def frozen_modules(self) -> dict[str, nn.Module]:
-        """Encoders that never train (VAE, text encoder, image encoder), by name."""
+        """Encoders that never train (`frozen_components` that were loaded), by name."""
+        modules = {name: getattr(self.components, name, None) for name in self.frozen_components}
+        return {name: module for name, module in modules.items() if module is not None}
 
     def move_frozen(self, device: torch.device | str) -> None:
         """`low_vram`: move the frozen encoders (to the CPU between steps, back for encoding)."""

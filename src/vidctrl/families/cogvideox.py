@@ -40,13 +40,11 @@ class CogVideoXFamily(ModelFamily):
     def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
         from vidctrl.models.cogvideox.components import ALL_PARTS, load_cogvideox_components
 
-        self.components = load_cogvideox_components(
+        components = load_cogvideox_components(
             path, parts=ALL_PARTS if encoders else ("transformer", "scheduler"), dtype=dtype, device=device,
             transformer_class=self.transformer_class(), initialize_missing=self.initialize_missing(),
         )
-        self.device, self.dtype = torch.device(device), dtype
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
+        self.use_components(components, dtype=dtype, device=device)
         self.prepare_transformer(Path(path))
 
     def prepare_transformer(self, path: Path) -> None:
@@ -62,14 +60,6 @@ class CogVideoXFamily(ModelFamily):
         load_transformer_weights(self.denoiser, reader, dtype=self.dtype, device=self.device,
                                  initialize_missing=self.initialize_missing(),
                                  what=f"{source} -> {type(self.denoiser).__name__}")
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
 
     # --- encoding ----------------------------------------------------------------------------
     def text_length(self) -> int:

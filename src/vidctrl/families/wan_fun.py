@@ -70,6 +70,7 @@ class WanFunControl(ModelFamily):
     train_modes: ClassVar[tuple[str, ...]] = ("control_ref", "control", *CAMERA_MODES)
     frame_multiple: ClassVar[int] = 4
     trainable_component: ClassVar[str] = "transformer"
+    frozen_components: ClassVar[tuple[str, ...]] = ("vae", "text_encoder", "image_encoder")
     cache_options: ClassVar[tuple[str, ...]] = ("control_ref_image", "tokenizer_max_length")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
@@ -123,10 +124,8 @@ class WanFunControl(ModelFamily):
         from vidctrl.models.wan.components import load_wan_components
 
         parts = ["transformer", "vae", "text_encoder", "tokenizer", "image_encoder"] if encoders else ["transformer"]
-        self.components = load_wan_components(path, parts=parts, dtype=dtype, device=device)
-        self.device, self.dtype = torch.device(device), dtype
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
+        self.use_components(load_wan_components(path, parts=parts, dtype=dtype, device=device), dtype=dtype,
+                            device=device)
         transformer = self.components.transformer
         if self.train_mode in CAMERA_MODES and transformer.control_adapter is None:
             raise ValueError(f"{path}: train mode {self.train_mode} needs a transformer with a control_adapter")
@@ -141,15 +140,6 @@ class WanFunControl(ModelFamily):
         from vidctrl.models.wan.keymap import transformer_key_map
 
         return [*super().trainable_key_maps(), transformer_key_map()]
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        c = self.components
-        modules = {"vae": c.vae, "text_encoder": c.text_encoder, "image_encoder": c.image_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
 
     def encoder_files(self, path: Path) -> list[Path]:
         """The release's VAE, UMT5, CLIP and tokenizer files, and the transformer's config (original
