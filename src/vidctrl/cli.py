@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_command.register(commands)
     data_commands.register(commands)
     model_commands.register(commands)
-    demo_command.register(commands)
+    demo_command.register(commands, run_command=main)
     export_commands.register(commands)
     return parser
 

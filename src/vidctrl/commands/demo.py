@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PRESET = "wan2.1-fun-control-v1.1"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction, run_command: Callable[[list[str]], int]) -> None:
+    """Add `vidctrl demo`; `run_command` runs one vidctrl command line (the CLI's `main`, passed in so
+    that this module does not import the CLI that imports it)."""
     demo = commands.add_parser("demo", help="train a tiny pose-control model on built-in data, end to end")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for everything the demo writes")
     demo.add_argument("--steps", type=int, default=100, help="optimizer steps (half before the resume, half after)")
     demo.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=run_demo, run_command=run_command)
 
 
 def _say(step: str, text: str) -> None:
@@ -38,8 +41,7 @@ def _first_frame(video: Path, image: Path) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from vidctrl.cli import main as vidctrl
-
+    vidctrl: Callable[[list[str]], int] = args.run_command
     out: Path = args.out.resolve()
     data, model, run = out / "data", out / "model", out / "run"
     started = time.perf_counter()

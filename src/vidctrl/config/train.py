@@ -68,7 +68,7 @@ NOT_YET_SUPPORTED: dict[str, str] = {
 
 
 def _families() -> list[type]:
-    from vidctrl.families import FAMILIES
+    from vidctrl.families.registry import FAMILIES
 
     return FAMILIES
 
@@ -168,7 +168,7 @@ def parse_train_config(argv: list[str]) -> TrainConfig:
 
 
 def resolve(namespace: argparse.Namespace) -> TrainConfig:
-    from vidctrl.families import family_for_preset
+    from vidctrl.families.registry import family_for_preset
 
     unsupported = [k.split(":", 1)[1] for k in vars(namespace) if k.startswith("unsupported:")]
     if unsupported:

@@ -1,21 +1,13 @@
-"""Model families, one module per backbone, and the registry that maps presets to them."""
+"""Model families, one module per backbone. Importing this package registers every family in
+`vidctrl.families.registry` (each module decorates its class with `register`)."""
 
 from __future__ import annotations
 
-from vidctrl.families.base import ModelFamily
-from vidctrl.families.cogvideox_fun import CogVideoXFun
-from vidctrl.families.dynamictrl import DynamiCtrl
-from vidctrl.families.wan_fun import WanFunControl
+# isort: off
+# Registration order is the order of the flag tables (`vidctrl train --help`): Wan first, as before.
+from vidctrl.families import wan_fun  # noqa: F401
+from vidctrl.families import cogvideox_fun, dynamictrl  # noqa: F401
+# isort: on
+from vidctrl.families.registry import FAMILIES, all_presets, family_for_preset
 
-FAMILIES: list[type[ModelFamily]] = [WanFunControl, CogVideoXFun, DynamiCtrl]
-
-
-def all_presets() -> dict[str, type[ModelFamily]]:
-    return {preset: family for family in FAMILIES for preset in family.presets}
-
-
-def family_for_preset(preset: str) -> type[ModelFamily]:
-    presets = all_presets()
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(presets))}")
-    return presets[preset]
+__all__ = ["FAMILIES", "all_presets", "family_for_preset"]

@@ -26,6 +26,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vidctrl.families.encoding import (
+    configure_vae,
+    model_options,
+    open_transformer_path,
+    posterior_moments,
+    video_pixels,
+)
+from vidctrl.models.loading import CheckpointReader, KeyMap, identity_key_map
 from vidctrl.train.rng import derive_seed
 
 
@@ -116,6 +124,8 @@ class ModelFamily(ABC):
     frame_multiple: ClassVar[int] = 4
     #: name of the trainable component (its diffusers subfolder in checkpoints)
     trainable_component: ClassVar[str] = "transformer"
+    #: the components that never train (attributes of `components`: VAE, text and image encoders)
+    frozen_components: ClassVar[tuple[str, ...]] = ("vae", "text_encoder")
     #: family options that change what `encode_deterministic` computes (part of a cache's fingerprint)
     cache_options: ClassVar[tuple[str, ...]] = ()
 
@@ -152,6 +162,9 @@ class ModelFamily(ABC):
         self.train_mode = train_mode
         self.config = config
         self._constants: dict[str, torch.Tensor] | None = None
+        self.components: Any = None  # what `load` loaded: a dataclass with the family's parts as attributes
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
 
     # --- components ------------------------------------------------------------------------
     @abstractmethod
@@ -174,19 +187,78 @@ class ModelFamily(ABC):
             files.append(file)
         return files
 
+    def use_components(self, components: Any, *, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Keep what `load` loaded (on `device`, encoders in `dtype`), with the encoders frozen in eval mode."""
+        self.components = components
+        self.device, self.dtype = torch.device(device), dtype
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False).eval()
+
     @property
-    @abstractmethod
     def denoiser(self) -> nn.Module:
         """The model being trained (wrapped by accelerate/peft by the loop)."""
+        return getattr(self.components, self.trainable_component)
 
-    @abstractmethod
     def frozen_modules(self) -> dict[str, nn.Module]:
-        """Encoders that never train (VAE, text encoder, image encoder), by name."""
+        """Encoders that never train (`frozen_components` that were loaded), by name."""
+        modules = {name: getattr(self.components, name, None) for name in self.frozen_components}
+        return {name: module for name, module in modules.items() if module is not None}
 
     def move_frozen(self, device: torch.device | str) -> None:
         """`low_vram`: move the frozen encoders (to the CPU between steps, back for encoding)."""
         for module in self.frozen_modules().values():
             module.to(device)
+
+    # --- the encoding and loading seam (`vidctrl.families.encoding`) ------------------------
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
+        return video_pixels(frames, self.device, self.dtype)
+
+    @property
+    def vae_mini_batch(self) -> int:
+        """`--vae_mini_batch`: samples the VAE encodes at a time (1 without a run config)."""
+        model = model_options(self.config)
+        return 1 if model is None else int(model.vae_mini_batch)
+
+    @torch.no_grad()
+    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std of batch-first pixels in [-1, 1], unscaled, in the VAE's
+        dtype, encoded `vae_mini_batch` samples at a time."""
+        return posterior_moments(self.components.vae, video, mini_batch=self.vae_mini_batch)
+
+    @staticmethod
+    def _draw(probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
+        return torch.rand(size, generator=generator) < probability
+
+    def apply_model_options(self) -> None:
+        """The model flags every family honours the same way: `--transformer_path` (weights loaded
+        strictly into the trainable model, over the base's) and `--enable_slicing` / `--enable_tiling`
+        (the VAE's modes). A family's `load` calls this once the trainable model has its final shape."""
+        model = model_options(self.config)
+        if model is None:
+            return
+        if model.transformer_path is not None:
+            self.load_trainable_weights(open_transformer_path(model.transformer_path, self.trainable_component),
+                                        source=f"--transformer_path {model.transformer_path}")
+        vae = getattr(self.components, "vae", None)
+        if vae is not None:
+            configure_vae(vae, slicing=model.enable_slicing, tiling=model.enable_tiling, preset=self.preset)
+
+    def trainable_key_maps(self) -> list[KeyMap]:
+        """The key layouts a `--transformer_path` file may use (vidctrl's own saves: the model's names)."""
+        return [identity_key_map(f"{type(self.denoiser).__name__} (diffusers layout)")]
+
+    def load_trainable_weights(self, reader: CheckpointReader, *, source: str) -> None:
+        """Fill the trainable model strictly from `reader`, through whichever `trainable_key_maps` entry
+        maps the most of its keys onto the model (every key must then load)."""
+        from vidctrl.models.loading import load_component
+
+        model = self.denoiser
+        names = set(model.state_dict().keys())
+        keys = list(reader.shapes())
+        key_map = max(self.trainable_key_maps(), key=lambda m: len(names & set(m.plan(keys).assignments)))
+        load_component(model, reader, key_map, dtype=self.dtype, device=self.device, what=f"{source} -> {key_map.name}")
 
     # --- training --------------------------------------------------------------------------
     def encode(self, batch: dict[str, Any], *, generator: torch.Generator) -> EncodedBatch:

@@ -1,35 +1,5 @@
 """CogVideoX-Fun (InP and Control): condition latents concatenated on the channels of a CogVideoX
-transformer, trained with DDPM (v-prediction, zero terminal SNR).
-
-Facts (VideoX-Fun scripts/cogvideox_fun/train.py and train_control.py; CogVideoX-Fun scripts/train.py;
-released configs in shared/reference/checkpoints/CogVideoX-Fun-V1.1-*):
-
-- Hidden states are ``(B, F, C, H, W)``. InP: ``noisy (16) + mask (1) + masked-video latents (16) = 33``
-  input channels; Control: ``noisy (16) + control latents (16) = 32``; normal (text-to-video): 16.
-- Latents are ``vae.encode(x).latent_dist.sample() * scaling_factor`` (0.7 for 5B, 1.15258426 for 2B);
-  control latents the same. The inpaint condition is ``cat([latent keep mask, masked-video latents])``
-  times ``scaling_factor`` (the mask channel too), zeroed for 90% of fully masked samples
-  (text-to-video is the fully masked case). Masks: `vidctrl.models.cogvideox.inpaint`; a sample's
-  mask and kept-pixel noise come from its own seed (`fixed_draw_generators`), so that `vidctrl cache`
-  can store the masked video's posterior.
-- Text: T5 tokens padded to 226 (``--tokenizer_max_length``), no attention mask, ``[0]`` of the encoder.
-  VideoX-Fun's dataset drops the caption with probability 0.1 (``text_drop_ratio``; CogVideoX-Fun's
-  dataset default is -1, never).
-- Objective: ``mse(model(x_t), v)`` averaged over every element, ``x_t = add_noise(x0, eps, t)``,
-  t uniform over ``train_sampling_steps`` (rank-stratified with ``--uniform_sampling``). VideoX-Fun
-  loads the scheduler folder as ``DDPMScheduler``, which ignores ``snr_shift_scale`` (3.0 in the 2B
-  config), while the CogVideoX pipelines sample with ``CogVideoXDDIMScheduler``/``DPMScheduler``, which
-  apply it. vidctrl trains on the schedule of the config's own class by default (shift applied) and
-  samples validation videos on exactly the training ``alphas_cumprod``; ``--noise_schedule ddpm``
-  reproduces CogVideoX-Fun's training noise (and then validates without the shift as well).
-- 5B: 3D rotary embeddings computed for the training size (`rotary_embedding`); 2B: diffusers
-  recomputes its sinusoidal table for the training size (CogVideoX-Fun's own 2B class instead
-  interpolated the 480x720 table; the saved model runs in diffusers, so vidctrl trains what diffusers runs).
-- Gradient clipping: the CogVideoX-Fun scripts' decaying limit (``initial_grad_norm_ratio`` 5,
-  ``abnormal_norm_clip_start`` 1000).
-- Validation: inpaint mode conditions on the reference image as frame 0 (the rest masked), or on
-  nothing (text-to-video) without one; control mode on the control video; normal on text only.
-  Negative prompt and noise augmentation 0.0563 of the kept frame as the CogVideoX-Fun pipelines.
+transformer, trained with DDPM (v-prediction, zero terminal SNR). Facts: docs/facts/cogvideox-fun.md.
 """
 
 from __future__ import annotations
@@ -45,12 +15,13 @@ from torch import nn
 from vidctrl.config.fields import option
 from vidctrl.families.base import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.registry import register
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
@@ -126,7 +97,8 @@ class CogVideoXFunOptions:
     negative_prompt: str = option(NEGATIVE_PROMPT, help="negative prompt for classifier-free guidance in validation")
 
 
-class CogVideoXFun(ModelFamily):
+@register
+class CogVideoXFun(CogVideoXFamily):
     """CogVideoX-Fun InP (33 input channels) and Control (32) on a CogVideoX transformer."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -135,23 +107,18 @@ class CogVideoXFun(ModelFamily):
     }
     options_class: ClassVar[type] = CogVideoXFunOptions
     train_modes: ClassVar[tuple[str, ...]] = TRAIN_MODES
-    frame_multiple: ClassVar[int] = 4
-    trainable_component: ClassVar[str] = "transformer"
     cache_options: ClassVar[tuple[str, ...]] = ("tokenizer_max_length", "inpaint_mask_distribution",
                                                 "add_noise_in_inpaint_model")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, preset: str, options: CogVideoXFunOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or CogVideoXFunOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
         self.add_noise_in_inpaint_model = False
 
     # --- configuration -----------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
         if mode not in TRAIN_MODES:
@@ -187,19 +154,11 @@ class CogVideoXFun(ModelFamily):
         return write_tiny_cogvideox(out_dir, preset, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
-        from vidctrl.models.cogvideox.components import (
-            ALL_PARTS,
-            load_cogvideox_components,
-            read_json,
-            widen_patch_embedding,
-        )
+    def prepare_transformer(self, path: Path) -> None:
+        """Widen a text-to-video base for the train mode, then the model flags (`--transformer_path` holds
+        weights of the widened transformer)."""
+        from vidctrl.models.cogvideox.components import read_json, widen_patch_embedding
 
-        parts = ALL_PARTS if encoders else ("transformer", "scheduler")
-        self.components = load_cogvideox_components(path, parts=parts, dtype=dtype, device=device)
-        self.device, self.dtype = torch.device(device), dtype
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
         transformer = self.components.transformer
         vae = self.components.vae
         latent = vae.config.latent_channels if vae is not None else read_json(Path(path) / "vae" / "config.json")[
@@ -219,34 +178,7 @@ class CogVideoXFun(ModelFamily):
         if "add_noise_in_inpaint_model" in raw or flag is not None:
             # Not a diffusers argument; kept in the saved config for VideoX-Fun, which reads it from there.
             transformer.register_to_config(add_noise_in_inpaint_model=self.add_noise_in_inpaint_model)
-        model_config = getattr(self.config, "model", None)
-        if model_config is not None and model_config.transformer_path is not None:
-            self._load_transformer_path(Path(model_config.transformer_path))
-        if vae is not None and model_config is not None and model_config.enable_slicing:
-            vae.enable_slicing()
-        if vae is not None and model_config is not None and model_config.enable_tiling:
-            vae.enable_tiling()
-
-    def _load_transformer_path(self, path: Path) -> None:
-        """``--transformer_path``: weights of the same (widened) transformer, strictly."""
-        from vidctrl.models.cogvideox.components import WEIGHTS_STEM, find_weights, load_transformer_weights
-        from vidctrl.models.loading import open_checkpoint
-
-        if path.is_dir():
-            folder = path / "transformer" if (path / "transformer").is_dir() else path
-            source: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
-        else:
-            source = path
-        transformer = self.components.transformer
-        load_transformer_weights(transformer, open_checkpoint(source), dtype=self.dtype, device=self.device)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
+        self.apply_model_options()
 
     # --- objective ---------------------------------------------------------------------------
     def prediction_type(self) -> str:
@@ -279,10 +211,8 @@ class CogVideoXFun(ModelFamily):
         return scheduler
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
+    def text_length(self) -> int:
+        return self.options.tokenizer_max_length
 
     def usable_frames(self, frames: int) -> int:
         """CogVideoX 1.5 needs latent frames in multiples of ``patch_size_t``: drop the extra ones at the end."""
@@ -291,22 +221,6 @@ class CogVideoXFun(ModelFamily):
             return frames
         extra = ((frames - 1) // 4 + 1) % p_t
         return max(frames - extra * 4, 1)
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w), unscaled, in the VAE's dtype."""
-        vae = self.components.vae
-        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.constants["scaling_factor"])
 
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples (B, 16, T, h, w) float32 of `vae_moments`' output."""
@@ -319,24 +233,6 @@ class CogVideoXFun(ModelFamily):
         if generator is None:
             return mean.float() * self.scaling_factor
         return self.sample_latents(mean, std, generator)
-
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings (B, 226, 4096) in the encoder's dtype: padded to the maximum length, no attention
-        mask (as CogVideoX), so the padding positions carry values too."""
-        c = self.components
-        tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
-                             truncation=True, add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0]
-
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """`text_embeddings` in float32."""
-        return self.text_embeddings(captions).float()
-
-    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
-        return torch.rand(size, generator=generator) < probability
 
     @torch.no_grad()
     def inpaint_inputs(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
@@ -386,10 +282,7 @@ class CogVideoXFun(ModelFamily):
         return self.inpaint_from(inputs, generator)
 
     def encode_constants(self) -> dict[str, torch.Tensor]:
-        return {
-            "scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64),
-            "empty_text": self.text_embeddings([""])[0].cpu(),
-        }
+        return {**super().encode_constants(), "empty_text": self.text_embeddings([""])[0].cpu()}
 
     @torch.no_grad()
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -435,9 +328,7 @@ class CogVideoXFun(ModelFamily):
         empty = self.constants["empty_text"]
         conditions["text"] = torch.stack([(empty if drop else sample["text"]).to(self.device) for drop, sample
                                           in zip(dropped.tolist(), samples, strict=True)]).float()
-        t, h, w = latents.shape[2:]
-        p, p_t = self.components.transformer.config.patch_size, self.components.transformer.config.patch_size_t
-        tokens = batch_size * (t // (p_t or 1)) * (h // p) * (w // p)
+        tokens = self.token_count(batch_size, *latents.shape[2:])
         return EncodedBatch(latents=latents.permute(0, 2, 1, 3, 4), conditions=conditions, media=list(media),
                             tokens=tokens)
 
@@ -538,31 +429,11 @@ class CogVideoXFun(ModelFamily):
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, latent_size[0], latent, latent_size[1], latent_size[2])
         latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
-        previous_x0 = None
-        timesteps = scheduler.timesteps
-        for i, t in enumerate(timesteps):
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_input = torch.cat([latents, latents]) if guided else latents
-            prediction = self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]),
-                                       conditions).float()
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
-            if self.options.validation_sampler == "dpm":
-                latents, previous_x0 = scheduler.step(prediction, previous_x0, t, timesteps[i - 1] if i > 0 else None,
-                                                      latents, generator=generator, return_dict=False)
-            else:
-                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            return self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]), conditions)
+
+        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator)
         return self.decode(latents)[:frames]
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8.
-
-        The CogVideoX VAE decodes an even number of latent frames to ``4 T`` frames (its temporal
-        upsampling doubles every frame of an even chunk), an odd number to ``4 T - 3``; callers cut
-        to the frames they asked for.
-        """
-        vae = self.components.vae
-        video = vae.decode((latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-        video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 0, 2, 3).cpu()

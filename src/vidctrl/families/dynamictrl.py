@@ -1,38 +1,8 @@
 """DynamiCtrl: CogVideoX1.5-5B-I2V with the reference latent concatenated (32 channels) and the pose
 video through Pose-adaptive LayerNorm in every block (`vidctrl.models.cogvideox.padaln`).
 
-What the original does (gulucaptain/DynamiCtrl ``scripts/dynamictrl_sft_finetune.py``,
-``utils/dataset.py``, ``dynamictrl/pipelines/dynamictrl_pipeline.py``), and what vidctrl does:
-
-- Clips: a contiguous window of the frame bucket nearest ``min(len, --max_num_frames)``, stretched to
-  the (height, width) bucket pair nearest the video's size (`vidctrl.data.sampling`,
-  `vidctrl.data.shapes`). CogVideoX 1.5 patches ``patch_size_t = 2`` latent frames at a time, so
-  ``(F - 1) // 4 + 1`` must be even (the original's help: "such as 53"): the config check refuses
-  other frame buckets instead of crashing in the patch embedding as the original does.
-- Reference: the clip's first frame plus Gaussian noise of scale ``exp(N(-3, 0.5))`` per sample (in
-  [-1, 1] pixels), VAE-encoded, followed by zero latents for the remaining frames; the whole
-  reference latent is zeroed with probability ``--noised_image_dropout`` (0.05). The original draws
-  that once per batch with Python's ``random``; vidctrl draws per sample from the sample's condition
-  stream (the same with batch size 1). The pixel noise comes from the sample's own seed
-  (`fixed_draw_generators`), so `vidctrl cache` can store the noisy reference's posterior; the
-  original's ``--load_tensors`` caches the clean frame instead and cannot cache the pose.
-- Latents of the video, the noisy reference and the pose are posterior *samples* times the VAE's
-  ``scaling_factor`` (``(B, F, 16, h, w)``); captions get ``--id_token`` and a space in front and are
-  encoded by T5 to ``max_text_seq_length`` (226) tokens without an attention mask.
-- Objective: `vidctrl.objectives.ddpm.DDPM` on ``CogVideoXDPMScheduler``'s schedule (its SNR shift
-  applies), uniform integer timesteps, v-prediction turned into x0 and weighted by
-  ``1 / (1 - alphabar_t)`` (``loss_style="x0"``). ``ofs`` is 2.0.
-- PadaLN: a CogVideoX1.5-I2V checkpoint gains the layers, initialised as PyTorch does (the original)
-  or, with ``--padaln_zero_init``, to zero so that training starts from the exact base model (see
-  `vidctrl.models.cogvideox.padaln.padaln_initializer`); a DynamiCtrl checkpoint restores them.
-- Validation (``--validation_prompt`` / ``--validation_images`` / ``--validation_driving_videos``,
-  each split by ``--validation_prompt_separator``, default ``:::``): CogVideoXDPMScheduler sampling
-  with classifier-free guidance on the text (the reference and the pose condition both branches),
-  as the DynamiCtrl pipeline. An odd latent frame count is padded at the front by one frame (the
-  pipeline's rule) and the padding dropped before decoding; the original pads the noise and the
-  reference but feeds a pose video 4 frames longer, misaligned by one latent frame, where vidctrl
-  duplicates the first pose latent into the padding slot. The reference latent is scaled as in
-  training (the pipeline skips ``scaling_factor`` when the VAE config sets ``invert_scale_latents``).
+What the original does and where vidctrl differs (clips, the noisy reference, captions, the x0 loss,
+PadaLN initialisation, validation padding): docs/facts/dynamictrl.md.
 """
 
 from __future__ import annotations
@@ -50,12 +20,15 @@ from vidctrl.config.fields import option
 from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
 from vidctrl.families.base import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.encoding import model_options
+from vidctrl.families.registry import register
+from vidctrl.models.cogvideox.tiny import write_tiny_dynamictrl
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +87,8 @@ def split_values(values: list[str] | None, separator: str) -> list[str]:
     return [part for value in values or [] for part in value.split(separator)]
 
 
-class DynamiCtrl(ModelFamily):
+@register
+class DynamiCtrl(CogVideoXFamily):
     """CogVideoX1.5-I2V + PadaLN: noisy (16) + reference (16) latents in, pose through PadaLN."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -134,23 +108,19 @@ class DynamiCtrl(ModelFamily):
     }
     options_class: ClassVar[type] = DynamiCtrlOptions
     train_modes: ClassVar[tuple[str, ...]] = (TRAIN_MODE,)
-    frame_multiple: ClassVar[int] = 4
-    trainable_component: ClassVar[str] = "transformer"
     cache_options: ClassVar[tuple[str, ...]] = ("id_token",)
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
     def __init__(self, preset: str, options: DynamiCtrlOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or DynamiCtrlOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
         self.padaln_added = False
+        self._added: list[int] = []
         self._rotary: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- configuration -----------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         opts: DynamiCtrlOptions = config.family
         mode = config.model.train_mode or TRAIN_MODE
@@ -208,46 +178,31 @@ class DynamiCtrl(ModelFamily):
         return write_tiny_dynamictrl(out_dir, layout=layout, seed=seed)
 
     # --- components --------------------------------------------------------------------------
-    def load(self, path: Path, *, dtype: torch.dtype, device: torch.device, encoders: bool = True) -> None:
-        """Load every component; the transformer gains PadaLN layers when its checkpoint has none.
+    def transformer_class(self) -> type[nn.Module]:
+        from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
 
-        ``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer, a folder or a
-        file) is loaded strictly over the base folder's transformer, by the same rule.
-        """
-        from vidctrl.config.train import ConfigError
-        from vidctrl.models.cogvideox.components import (
-            ALL_PARTS,
-            WEIGHTS_STEM,
-            find_weights,
-            load_cogvideox_components,
-            load_transformer_weights,
-            widen_patch_embedding,
-        )
-        from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel, padaln_initializer
-        from vidctrl.models.loading import open_checkpoint
+        return DynamiCtrlTransformer3DModel
 
-        zero_init = self.options.padaln_zero_init
-        added: list[int] = []
-        self.components = load_cogvideox_components(
-            path, parts=ALL_PARTS if encoders else ("transformer", "scheduler"), dtype=dtype, device=device,
-            transformer_class=DynamiCtrlTransformer3DModel,
-            initialize_missing=padaln_initializer(zero_init=zero_init, on_added=added.append),
-        )
-        self.device, self.dtype = torch.device(device), dtype
+    def initialize_missing(self) -> Any:
+        """PadaLN layers for a checkpoint without them (a CogVideoX1.5-I2V base); `padaln_added` then
+        says whether the last weights loaded (base, or ``--transformer_path``) lacked them."""
+        from vidctrl.models.cogvideox.padaln import padaln_initializer
+
+        self._added = []
+        return padaln_initializer(zero_init=self.options.padaln_zero_init, on_added=self._added.append)
+
+    def prepare_transformer(self, path: Path) -> None:
+        """``--transformer_path`` (weights of a DynamiCtrl or CogVideoX1.5-I2V transformer) first, by the
+        same rule as the base folder's; then the PadaLN and version checks and the widening."""
+        from vidctrl.config.fields import ConfigError
+        from vidctrl.models.cogvideox.components import widen_patch_embedding
+
+        self.apply_model_options()
         transformer = self.components.transformer
-        model_config = getattr(self.config, "model", None)
-        source = path
-        if model_config is not None and model_config.transformer_path is not None:
-            source = Path(model_config.transformer_path)
-            if source.is_dir():
-                folder = source / "transformer" if (source / "transformer").is_dir() else source
-                files: Any = find_weights(folder, WEIGHTS_STEM, folder, "--transformer_path weights")
-            else:
-                files = source
-            added = []
-            load_transformer_weights(transformer, open_checkpoint(files), dtype=dtype, device=device,
-                                     initialize_missing=padaln_initializer(zero_init=zero_init,
-                                                                           on_added=added.append))
+        model_config = model_options(self.config)
+        transformer_path = getattr(model_config, "transformer_path", None)
+        source = path if transformer_path is None else Path(transformer_path)
+        zero_init, added = self.options.padaln_zero_init, self._added
         self.padaln_added = bool(added)
         if self.padaln_added:
             log.info("%s: added %d PadaLN layers to the CogVideoX base (%s initialisation)", source, added[0],
@@ -266,21 +221,6 @@ class DynamiCtrl(ModelFamily):
             raise ConfigError(f"{path}: DynamiCtrl needs a CogVideoX 1.5 transformer (patch_size_t 2); this one is 1.0")
         # A text-to-video base (16 input channels) takes the reference latent through zero-filled channels.
         widen_patch_embedding(transformer, 2 * transformer.config.out_channels)
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
-        vae = self.components.vae
-        if vae is not None and model_config is not None and model_config.enable_slicing:
-            vae.enable_slicing()
-        if vae is not None and model_config is not None and model_config.enable_tiling:
-            vae.enable_tiling()
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        modules = {"vae": self.components.vae, "text_encoder": self.components.text_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
         from vidctrl.objectives.ddpm import DDPM
@@ -293,48 +233,14 @@ class DynamiCtrl(ModelFamily):
                                           sampler=sampler)
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unscaled, in the
-        VAE's dtype."""
-        vae = self.components.vae
-        chunk = max(1, self.config.model.vae_mini_batch if self.config is not None else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples ``(B, T, 16, h, w)`` of `vae_moments`' output."""
-        scale = float(self.constants["scaling_factor"])
-        return (posterior_sample(mean, std, generator) * scale).permute(0, 2, 1, 3, 4)
+        return (posterior_sample(mean, std, generator) * self.scaling_factor).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled posterior samples ``(B, T, 16, h, w)`` of ``(B, 3, F, H, W)`` pixels in [-1, 1]."""
         return self.sample_latents(*self.vae_moments(video), generator)
-
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        """T5 embeddings ``(B, max_text_seq_length, 4096)`` in the encoder's dtype, padded, without an
-        attention mask (as CogVideoX)."""
-        c = self.components
-        length = c.transformer.config.max_text_seq_length
-        tokens = c.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
-                             add_special_tokens=True, return_tensors="pt")
-        return c.text_encoder(tokens.input_ids.to(self.device))[0]
-
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """`text_embeddings` in float32."""
-        return self.text_embeddings(captions).float()
 
     def caption(self, text: str) -> str:
         token = self.options.id_token
@@ -347,9 +253,6 @@ class DynamiCtrl(ModelFamily):
                 f"{what} gives {frames} latent frames, not a multiple of patch_size_t {p_t}; choose frame buckets with "
                 "an even latent count (e.g. 37, 45, 53)"
             )
-
-    def encode_constants(self) -> dict[str, torch.Tensor]:
-        return {"scaling_factor": torch.tensor(float(self.components.vae.config.scaling_factor), dtype=torch.float64)}
 
     @torch.no_grad()
     def encode_deterministic(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -391,9 +294,7 @@ class DynamiCtrl(ModelFamily):
         image_latents = image_latents * keep.to(image_latents).view(-1, 1, 1, 1, 1)
         text = stacked("text").float()
 
-        config = self.components.transformer.config
-        p, p_t = config.patch_size, config.patch_size_t or 1
-        tokens = batch_size * (frames // p_t) * (latents.shape[-2] // p) * (latents.shape[-1] // p)
+        tokens = self.token_count(batch_size, frames, *latents.shape[-2:])
         conditions = {"image_latents": image_latents, "control": control, "text": text}
         return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
@@ -461,8 +362,6 @@ class DynamiCtrl(ModelFamily):
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
         """CogVideoXDPMScheduler sampling as the DynamiCtrl pipeline, with text guidance."""
-        import math
-
         from diffusers import CogVideoXDPMScheduler
 
         if sample.reference is None or sample.control is None:
@@ -481,7 +380,7 @@ class DynamiCtrl(ModelFamily):
         if extra:
             image_latents = torch.cat([image_latents[:, :extra], image_latents], dim=1)
             control = torch.cat([control[:, :extra], control], dim=1)
-        text = self.encode_text([sample.prompt, self.options.negative_prompt])
+        text = self.encode_text([self.options.negative_prompt, sample.prompt])
         guided = guidance_scale > 1.0
 
         scheduler = CogVideoXDPMScheduler.from_config(self.components.scheduler_config)
@@ -490,78 +389,20 @@ class DynamiCtrl(ModelFamily):
         latents = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
         latents = latents * scheduler.init_noise_sigma
         rotary = self.rotary(shape[1], shape[3], shape[4])
-        old_pred = None
-        for i, t in enumerate(scheduler.timesteps):
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             hidden = torch.cat([latents, image_latents], dim=2).to(self.dtype)
             batch = 2 if guided else 1
-            out = model(
+            return model(
                 hidden_states=hidden.expand(batch, -1, -1, -1, -1),
-                encoder_hidden_states=(text if guided else text[:1]).to(self.dtype),
+                encoder_hidden_states=(text if guided else text[1:]).to(self.dtype),
                 timestep=t.expand(batch),
                 control_hidden_states=control.to(self.dtype).expand(batch, -1, -1, -1, -1),
                 ofs=hidden.new_full((1,), OFS),
                 image_rotary_emb=rotary,
                 return_dict=False,
-            )[0].float()
-            if guided:
-                scale = guidance_scale
-                if self.options.use_dynamic_cfg:
-                    scale = 1 + guidance_scale * (1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2
-                cond, uncond = out.chunk(2)
-                out = uncond + scale * (cond - uncond)
-            previous = scheduler.timesteps[i - 1] if i > 0 else None
-            latents, old_pred = scheduler.step(out, old_pred, t, previous, latents, generator=generator,
-                                               return_dict=False)
+            )[0]
+
+        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg)
         return self.decode(latents[:, extra:])
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, T, 16, h, w) scaled latents -> (F, 3, H, W) uint8 (the VAE gives 4(T - 1) + 1 frames for odd T,
-        4T for even T)."""
-        vae = self.components.vae
-        video = vae.decode((latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(vae.dtype)).sample
-        video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 0, 2, 3).cpu()
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny model (for `vidctrl model tiny --preset dynamictrl`)
-# --------------------------------------------------------------------------------------------
-
-
-def write_tiny_dynamictrl(out_dir: str | Path, *, layout: str = "diffusers", seed: int = 0,
-                          with_padaln: bool = True) -> Path:
-    """A tiny random DynamiCtrl model (``with_padaln=False``: a CogVideoX1.5-I2V base) in the release's
-    folder layout, ``transformer/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``, built by
-    `vidctrl.models.cogvideox.tiny.write_tiny_cogvideox` (variant 1.5, 32 input channels).
-
-    DynamiCtrl's release is a diffusers-style folder whose transformer config names the original class
-    (``DynamiCtrlTransformerModel``); ``layout="original"`` writes those class names, ``"diffusers"``
-    vidctrl's. The weights and keys are the same.
-    """
-    import json
-
-    from diffusers import CogVideoXTransformer3DModel
-
-    from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
-    from vidctrl.models.cogvideox.tiny import write_tiny_cogvideox
-
-    if layout not in ("diffusers", "original"):
-        raise ValueError(f"layout must be 'diffusers' or 'original', not {layout!r}")
-    transformer_class = DynamiCtrlTransformer3DModel if with_padaln else CogVideoXTransformer3DModel
-    out = write_tiny_cogvideox(out_dir, variant="1.5", in_channels=32, seed=seed, transformer_class=transformer_class)
-    if not with_padaln:
-        pipeline, transformer_entry = "CogVideoXImageToVideoPipeline", ["diffusers", "CogVideoXTransformer3DModel"]
-    elif layout == "original":
-        pipeline, transformer_entry = "DynamiCtrlAnimationPipeline", ["dynamictrl", "DynamiCtrlTransformerModel"]
-        config_file = out / "transformer" / "config.json"
-        config = {**json.loads(config_file.read_text()), "_class_name": "DynamiCtrlTransformerModel"}
-        config_file.write_text(json.dumps(config, indent=2) + "\n")
-    else:
-        pipeline = "DynamiCtrlAnimationPipeline"
-        transformer_entry = ["vidctrl.models.cogvideox.padaln", "DynamiCtrlTransformer3DModel"]
-    index_file = out / "model_index.json"
-    model_index = {**json.loads(index_file.read_text()), "_class_name": pipeline, "_vidctrl_preset": PRESET,
-                   "transformer": transformer_entry}
-    index_file.write_text(json.dumps(model_index, indent=2) + "\n")
-    return out

@@ -22,13 +22,14 @@ from vidctrl.families.base import (
     posterior_sample,
     stack_samples,
 )
+from vidctrl.families.encoding import clip_hidden_states
+from vidctrl.families.registry import register
+from vidctrl.models.loading import KeyMap
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
 # What the VideoX-Fun trainer does without being told: a decaying gradient-clip limit.
 VIDEOX_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class WanFunOptions:
     )
 
 
+@register
 class WanFunControl(ModelFamily):
     """Wan2.1-Fun Control: noisy (16) + control (16) + reference-in-frame-0 (16) latents = 48 channels."""
 
@@ -72,14 +74,12 @@ class WanFunControl(ModelFamily):
     train_modes: ClassVar[tuple[str, ...]] = ("control_ref", "control", *CAMERA_MODES)
     frame_multiple: ClassVar[int] = 4
     trainable_component: ClassVar[str] = "transformer"
+    frozen_components: ClassVar[tuple[str, ...]] = ("vae", "text_encoder", "image_encoder")
     cache_options: ClassVar[tuple[str, ...]] = ("control_ref_image", "tokenizer_max_length")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
     def __init__(self, preset: str, options: WanFunOptions, *, train_mode: str, config: Any = None) -> None:
         super().__init__(preset, options or WanFunOptions(), train_mode=train_mode, config=config)
-        self.components: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
 
     # --- configuration -----------------------------------------------------------------------
     @classmethod
@@ -96,7 +96,7 @@ class WanFunControl(ModelFamily):
 
     @classmethod
     def validate_config(cls, config: Any) -> None:
-        from vidctrl.config.train import ConfigError
+        from vidctrl.config.fields import ConfigError
 
         options: WanFunOptions = config.family
         mode = config.model.train_mode or cls.presets[config.preset]["train_mode"]
@@ -141,10 +141,8 @@ class WanFunControl(ModelFamily):
         from vidctrl.models.wan.components import load_wan_components
 
         parts = ["transformer", "vae", "text_encoder", "tokenizer", "image_encoder"] if encoders else ["transformer"]
-        self.components = load_wan_components(path, parts=parts, dtype=dtype, device=device)
-        self.device, self.dtype = torch.device(device), dtype
-        for module in self.frozen_modules().values():
-            module.requires_grad_(False).eval()
+        self.use_components(load_wan_components(path, parts=parts, dtype=dtype, device=device), dtype=dtype,
+                            device=device)
         transformer = self.components.transformer
         if self.train_mode in CAMERA_MODES and transformer.control_adapter is None:
             raise ValueError(f"{path}: train mode {self.train_mode} needs a transformer with a control_adapter")
@@ -152,15 +150,13 @@ class WanFunControl(ModelFamily):
 
         # A base with fewer input channels (text-to-video: 16) is widened with zero-filled channels.
         widen_input_channels(transformer, "patch_embedding", {"control_ref": 48, "control": 32}.get(self.train_mode, 32))
+        self.apply_model_options()
 
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.components.transformer
+    def trainable_key_maps(self) -> list[KeyMap]:
+        """`--transformer_path` files: vidctrl's saves (diffusers names) or VideoX-Fun's (original names)."""
+        from vidctrl.models.wan.keymap import transformer_key_map
 
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        c = self.components
-        modules = {"vae": c.vae, "text_encoder": c.text_encoder, "image_encoder": c.image_encoder}
-        return {name: module for name, module in modules.items() if module is not None}
+        return [*super().trainable_key_maps(), transformer_key_map()]
 
     def encoder_files(self, path: Path) -> list[Path]:
         """The release's VAE, UMT5, CLIP and tokenizer files, and the transformer's config (original
@@ -188,24 +184,6 @@ class WanFunControl(ModelFamily):
         )
 
     # --- encoding ----------------------------------------------------------------------------
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, F, H, W, 3) uint8 (the loader's layout) -> (B, 3, F, H, W) in [-1, 1], on the device."""
-        video = frames.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)
-        return video.to(self.dtype) / 127.5 - 1.0
-
-    @torch.no_grad()
-    def vae_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE posterior's mean and std (B, 16, T, h, w) of (B, 3, F, H, W) pixels, unnormalised,
-        in the VAE's dtype (`normalise` does the rest in float32)."""
-        vae = self.components.vae
-        chunk = max(1, getattr(self.config.model, "vae_mini_batch", 1) if self.config else 1)
-        means, stds = [], []
-        for part in video.split(chunk):
-            dist = vae.encode(part.to(vae.dtype)).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
     def normalise(self, mean: torch.Tensor) -> torch.Tensor:
         """Posterior means to normalised latents: per-channel (mean - latents_mean) / latents_std."""
         c = self.constants
@@ -258,23 +236,12 @@ class WanFunControl(ModelFamily):
     def clip_features(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP ViT-H penultimate features (B, 257, 1280) of (B, 3, H, W) images in [-1, 1], in the
         encoder's dtype."""
-        encoder = self.components.image_encoder
-        x = (images.float() * 0.5 + 0.5).clamp(0, 1)
-        side = encoder.config.image_size  # 224 for the real ViT-H/14
-        x = torch.nn.functional.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(encoder.dtype)
-        return encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+        return clip_hidden_states(self.components.image_encoder, images, layer=-2)
 
     @torch.no_grad()
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
         """`clip_features` in float32."""
         return self.clip_features(images).float()
-
-    def _draw(self, probability: float, size: int, generator: torch.Generator) -> torch.Tensor:
-        """Per-sample Bernoulli draws from the condition stream (True = drop)."""
-        return torch.rand(size, generator=generator) < probability
 
     def reference_index(self, frames: int, generator: torch.Generator) -> int:
         """The clip frame the reference image is taken from: frame 0, or (V1.1 `random`) frame 0 with

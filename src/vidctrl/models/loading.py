@@ -233,6 +233,22 @@ class TorchFileReader(CheckpointReader):
         self._tensors.clear()
 
 
+def find_weight_files(folder: Path, stem: str) -> list[Path]:
+    """The weight files of one model in ``folder``: ``<stem>.safetensors.index.json`` (sharded), one
+    ``<stem>.safetensors``, index-less ``<stem>-*-of-*.safetensors`` shards, or ``<stem>.bin``/``.pth``,
+    in that order of preference; ``[]`` when there are none (the caller says what is missing)."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        return [index]
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
+    if shards:
+        return shards
+    return [folder / f"{stem}{suffix}" for suffix in (".bin", ".pth") if (folder / f"{stem}{suffix}").is_file()][:1]
+
+
 def open_checkpoint(path: str | Path | Sequence[str | Path]) -> CheckpointReader:
     """A reader for a safetensors file, a sharded ``*.safetensors.index.json``, shards, or a ``.pth``."""
     if not isinstance(path, (str, Path)):
@@ -751,6 +767,18 @@ def load_checkpoint(
         raise StrictLoadError(
             LoadReport(what=f"{report.what} (tensors left on the meta device)", missing=still_meta)
         )
+    return report
+
+
+def load_component(model: nn.Module, reader: CheckpointReader, key_map: KeyMap, *, dtype: torch.dtype | None,
+                   device: torch.device | str, strict: bool = True, what: str) -> LoadReport:
+    """`load_checkpoint` for a model component, keeping in fp32 what its library keeps there
+    (`fp32_module_names`), closing the reader, and leaving the model in eval mode (as
+    ``from_pretrained`` returns it; trainers call ``.train()`` on what they train)."""
+    with reader:
+        report = load_checkpoint(model, reader, key_map, dtype=dtype, device=device,
+                                 keep_in_fp32=fp32_module_names(model, dtype), strict=strict, what=what)
+    model.eval()
     return report
 
 

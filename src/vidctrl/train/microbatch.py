@@ -5,8 +5,9 @@ the VAE posterior sample, the noise, the timestep -- comes from generators seede
 own seed, which the batch sampler derives from (seed, epoch, position in the global batch). A
 sample therefore gets the same draws whichever rank holds it and however the global batch is split
 over ranks: a 2-process run and a 1-process run with the same global batch follow the same loss
-curve, a resumed run draws what the uninterrupted one drew, and no two ranks share draws. The price
-is that the family encodes one sample at a time (the VAE already does, `vae_mini_batch`).
+curve, a resumed run draws what the uninterrupted one drew, and no two ranks share draws. The frozen
+encoders (the deterministic half of encoding) run on `--vae_mini_batch` samples at a time; the draws
+(the random half) are made per sample, so the mini-batch size changes no draw.
 
 A rank whose samples were all skipped must still run the forward and backward passes, or the
 other ranks wait for it in their collectives; it trains on a stand-in sample with loss weight 0.
@@ -58,19 +59,20 @@ def loaded_requests(requests: Sequence[ClipRequest], batch: dict[str, Any]) -> l
     return loaded
 
 
-def split_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """One single-sample batch per sample (tensors and lists sliced, the rest shared)."""
+def split_batch(batch: dict[str, Any], chunk: int = 1) -> list[dict[str, Any]]:
+    """The batch in batches of `chunk` samples (the last may be smaller): tensors and lists sliced, the
+    rest shared."""
     size = batch["size"]
     samples = []
-    for i in range(size):
+    for i in range(0, size, chunk):
         sample: dict[str, Any] = {}
         for key, value in batch.items():
             if key == "size":
-                sample[key] = 1
+                sample[key] = min(chunk, size - i)
             elif key == "skipped":
                 sample[key] = []
             elif (isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size) or (isinstance(value, list) and len(value) == size):
-                sample[key] = value[i : i + 1]
+                sample[key] = value[i : i + chunk]
             else:
                 sample[key] = value
         samples.append(sample)
@@ -110,12 +112,24 @@ def concat_encoded(parts: Sequence[EncodedBatch]) -> EncodedBatch:
 
 
 def encode_samples(family: ModelFamily, batch: dict[str, Any], seeds: Sequence[int]) -> EncodedBatch:
-    """`family.encode` one sample at a time, each with its own condition stream."""
-    samples = split_batch(batch)
-    if len(samples) != len(seeds):
-        raise ValueError(f"{len(samples)} samples and {len(seeds)} seeds")
-    return concat_encoded([family.encode(sample, generator=sample_generator(seed, "conditions"))
-                           for sample, seed in zip(samples, seeds, strict=True)])
+    """`family.encode` with the frozen encoders (`encode_deterministic`) run on `family.vae_mini_batch`
+    samples at a time and the draws (`encode_from`) made per sample from its own condition stream.
+
+    A batch read from a latent cache carries the deterministic half already (``batch["encoded"]``).
+    """
+    if batch["size"] != len(seeds):
+        raise ValueError(f"{batch['size']} samples and {len(seeds)} seeds")
+    generators = [sample_generator(seed, "conditions") for seed in seeds]
+    encoded = batch.get("encoded")
+    if encoded is None:
+        if "seed" not in batch:
+            # A batch built by hand has no sampler seeds: fix each sample's draws from its stream (as `encode`).
+            batch = {**batch, "seed": [torch.randint(0, 2**62, (1,), generator=g).tolist()[0] for g in generators]}
+        encoded = [sample for part in split_batch(batch, max(1, family.vae_mini_batch))
+                   for sample in family.encode_deterministic(part)]
+    media = list(batch["media"])
+    return concat_encoded([family.encode_from([sample], generator=generator, media=media[i : i + 1])
+                           for i, (sample, generator) in enumerate(zip(encoded, generators, strict=True))])
 
 
 def noise_samples(objective: Any, latents: torch.Tensor, seeds: Sequence[int], device: torch.device) -> Any:

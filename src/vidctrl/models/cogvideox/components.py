@@ -49,10 +49,10 @@ from vidctrl.models.loading import (
     Shape,
     TemplateRule,
     empty_weights,
-    fp32_module_names,
+    find_weight_files,
     hub_offline,
     identity_key_map,
-    load_checkpoint,
+    load_component,
     open_checkpoint,
     read_json,
 )
@@ -123,25 +123,13 @@ def check_model_folder(root: str | Path) -> Path:
 
 
 def find_weights(folder: Path, stem: str, root: Path, what: str) -> Path | list[Path]:
-    """``<stem>.safetensors.index.json`` shards, one ``<stem>.safetensors``, index-less shards, or ``.bin``."""
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        return index
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return single
-    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
-    if shards:
-        return shards
-    for suffix in (".bin", ".pth"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    rel = folder.relative_to(root) / f"{stem}.safetensors"
-    raise _missing(root, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
-
-
-
-
+    """The weight file (or shards) of one model (`vidctrl.models.loading.find_weight_files`), or a
+    message naming the file that is missing."""
+    files = find_weight_files(folder, stem)
+    if not files:
+        rel = folder.relative_to(root) / f"{stem}.safetensors"
+        raise _missing(root, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
+    return files[0] if len(files) == 1 else files
 
 
 class _WithFreshTensors(CheckpointReader):
@@ -162,15 +150,6 @@ class _WithFreshTensors(CheckpointReader):
 
     def close(self) -> None:
         self.base.close()
-
-
-def _load(model: nn.Module, reader: CheckpointReader, key_map: KeyMap, *, dtype: torch.dtype | None,
-          device: torch.device | str, strict: bool, what: str) -> LoadReport:
-    with reader:
-        report = load_checkpoint(model, reader, key_map, dtype=dtype, device=device,
-                                 keep_in_fp32=fp32_module_names(model, dtype), strict=strict, what=what)
-    model.eval()
-    return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +189,7 @@ def load_transformer_weights(model: nn.Module, reader: CheckpointReader, *, dtyp
         missing = [k for k in expected.shapes if k not in provided]
         if missing:
             reader = _WithFreshTensors(reader, initialize_missing(model, missing))
-    return _load(model, reader, key_map, dtype=dtype, device=device, strict=strict,
+    return load_component(model, reader, key_map, dtype=dtype, device=device, strict=strict,
                  what=what or f"{type(model).__name__} <- {reader.description}")
 
 
@@ -342,7 +321,7 @@ def load_cogvideox_vae(root: str | Path, *, dtype: torch.dtype | None = None, de
     reader = open_checkpoint(find_weights(folder, WEIGHTS_STEM, root, "VAE weights"))
     with empty_weights():
         model = AutoencoderKLCogVideoX.from_config(config)
-    report = _load(model, reader, identity_key_map("CogVideoX VAE (diffusers layout)"), dtype=dtype,
+    report = load_component(model, reader, identity_key_map("CogVideoX VAE (diffusers layout)"), dtype=dtype,
                    device=device, strict=strict, what=f"CogVideoX VAE <- {reader.description}")
     return model, report
 
@@ -358,7 +337,7 @@ def load_cogvideox_text_encoder(root: str | Path, *, dtype: torch.dtype | None =
     reader = open_checkpoint(find_weights(folder, TEXT_ENCODER_STEM, root, "text encoder weights"))
     with empty_weights():
         model = T5EncoderModel(config)
-    report = _load(model, reader, identity_key_map("CogVideoX T5 encoder (transformers layout)"), dtype=dtype,
+    report = load_component(model, reader, identity_key_map("CogVideoX T5 encoder (transformers layout)"), dtype=dtype,
                    device=device, strict=strict, what=f"CogVideoX T5 encoder <- {reader.description}")
     return model, report
 

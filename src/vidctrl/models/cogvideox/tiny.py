@@ -175,3 +175,36 @@ def write_tiny_cogvideox(
     }
     (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
     return out
+
+
+def write_tiny_dynamictrl(out_dir: str | Path, *, layout: str = "diffusers", seed: int = 0,
+                          with_padaln: bool = True) -> Path:
+    """A tiny random DynamiCtrl model (``with_padaln=False``: a CogVideoX1.5-I2V base) in the release's
+    folder layout, ``transformer/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json``, built by
+    `vidctrl.models.cogvideox.tiny.write_tiny_cogvideox` (variant 1.5, 32 input channels).
+
+    DynamiCtrl's release is a diffusers-style folder whose transformer config names the original class
+    (``DynamiCtrlTransformerModel``); ``layout="original"`` writes those class names, ``"diffusers"``
+    vidctrl's. The weights and keys are the same.
+    """
+    from vidctrl.models.cogvideox.padaln import DynamiCtrlTransformer3DModel
+
+    if layout not in ("diffusers", "original"):
+        raise ValueError(f"layout must be 'diffusers' or 'original', not {layout!r}")
+    transformer_class = DynamiCtrlTransformer3DModel if with_padaln else CogVideoXTransformer3DModel
+    out = write_tiny_cogvideox(out_dir, variant="1.5", in_channels=32, seed=seed, transformer_class=transformer_class)
+    if not with_padaln:
+        pipeline, transformer_entry = "CogVideoXImageToVideoPipeline", ["diffusers", "CogVideoXTransformer3DModel"]
+    elif layout == "original":
+        pipeline, transformer_entry = "DynamiCtrlAnimationPipeline", ["dynamictrl", "DynamiCtrlTransformerModel"]
+        config_file = out / "transformer" / "config.json"
+        config = {**json.loads(config_file.read_text()), "_class_name": "DynamiCtrlTransformerModel"}
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
+    else:
+        pipeline = "DynamiCtrlAnimationPipeline"
+        transformer_entry = ["vidctrl.models.cogvideox.padaln", "DynamiCtrlTransformer3DModel"]
+    index_file = out / "model_index.json"
+    model_index = {**json.loads(index_file.read_text()), "_class_name": pipeline, "_vidctrl_preset": "dynamictrl",
+                   "transformer": transformer_entry}
+    index_file.write_text(json.dumps(model_index, indent=2) + "\n")
+    return out

@@ -24,8 +24,9 @@ from a hub (tokenizers load with ``local_files_only`` under ``HF_HUB_OFFLINE=1``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -43,14 +44,14 @@ from transformers import (
 )
 
 from vidctrl.models.loading import (
-    CheckpointReader,
     KeyMap,
     LoadReport,
+    Shape,
     empty_weights,
-    fp32_module_names,
+    find_weight_files,
     hub_offline,
     identity_key_map,
-    load_checkpoint,
+    load_component,
     open_checkpoint,
     read_json,
 )
@@ -145,22 +146,13 @@ def _require(path: Path, root: Path, layout: Layout, what: str) -> Path:
 
 
 def find_weights(folder: Path, stem: str, root: Path, layout: Layout, what: str) -> list[Path]:
-    """The weight files of one model: ``<stem>.safetensors.index.json`` shards, one ``<stem>.safetensors``,
-    index-less ``<stem>-*-of-*.safetensors`` shards, or ``<stem>.bin``/``.pth``, in that order."""
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        return [index]
-    single = folder / f"{stem}.safetensors"
-    if single.is_file():
-        return [single]
-    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
-    if shards:
-        return shards
-    for suffix in (".bin", ".pth"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return [folder / f"{stem}{suffix}"]
-    rel = folder.relative_to(root) / f"{stem}.safetensors"
-    raise _missing(root, layout, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
+    """The weight files of one model (`vidctrl.models.loading.find_weight_files`), or a message naming
+    the file that is missing."""
+    files = find_weight_files(folder, stem)
+    if not files:
+        rel = folder.relative_to(root) / f"{stem}.safetensors"
+        raise _missing(root, layout, what, f"{rel} (or sharded {stem}-*-of-*.safetensors with their .index.json)")
+    return files
 
 
 def _one_or_many(files: Sequence[Path]) -> Path | Sequence[Path]:
@@ -177,182 +169,105 @@ def _dtype_for(dtype: ModelDType, part: str) -> torch.dtype | None:
     return dtype
 
 
-def _load(
-    model: nn.Module,
-    reader: CheckpointReader,
-    key_map: KeyMap,
-    *,
-    dtype: torch.dtype | None,
-    device: torch.device | str,
-    strict: bool,
-    what: str,
-) -> LoadReport:
-    with reader:
-        report = load_checkpoint(
-            model,
-            reader,
-            key_map,
-            dtype=dtype,
-            device=device,
-            keep_in_fp32=fp32_module_names(model, dtype),
-            strict=strict,
-            what=what,
-        )
-    model.eval()  # as from_pretrained returns them; trainers call .train() on what they train
-    return report
-
-
 # --------------------------------------------------------------------------------------------
-# One loader per component
+# One table of components
 # --------------------------------------------------------------------------------------------
 
+ModelFactory = Callable[[], nn.Module]
 
-def load_wan_transformer(
-    root: str | Path,
-    layout: Layout,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    strict: bool = True,
-) -> tuple[WanFunControlTransformer3DModel, LoadReport]:
-    """The transformer, built on the meta device from its config and filled from its weights."""
-    root = Path(root)
-    folder = root if layout == "original" else root / "transformer"
-    config_file = _require(folder / "config.json", root, layout, "transformer config")
-    files = find_weights(folder, TRANSFORMER_WEIGHTS_STEM, root, layout, "transformer weights")
-    reader = open_checkpoint(_one_or_many(files))
-    shapes = reader.shapes()
-    raw = read_json(config_file)
+
+def _transformer(raw: dict | None, shapes: Mapping[str, Shape], source: str, layout: Layout
+                 ) -> tuple[ModelFactory, KeyMap]:
     if layout == "original":
-        config = transformer_config_from_original(raw, shapes, source=str(config_file))
+        config = transformer_config_from_original(raw or {}, shapes, source=source)
         key_map = transformer_key_map()
     else:
-        config = {**raw, **fun_module_config(raw, shapes)}
+        config = {**(raw or {}), **fun_module_config(raw or {}, shapes)}
         key_map = identity_key_map("Wan transformer (diffusers layout)")
-    with empty_weights():
-        model = WanFunControlTransformer3DModel.from_config(config)
-    what = f"Wan transformer <- {reader.description}"
-    report = _load(model, reader, key_map, dtype=dtype, device=device, strict=strict, what=what)
-    return model, report
+    return partial(WanFunControlTransformer3DModel.from_config, config), key_map
 
 
-def load_wan_vae(
-    root: str | Path,
-    layout: Layout,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    strict: bool = True,
-) -> tuple[AutoencoderKLWan, LoadReport]:
-    """The Wan2.1 VAE as diffusers' ``AutoencoderKLWan`` (original: config read off the file's shapes)."""
-    root = Path(root)
+def _vae(raw: dict | None, shapes: Mapping[str, Shape], source: str, layout: Layout) -> tuple[ModelFactory, KeyMap]:
     if layout == "original":
-        path = _require(root / ORIGINAL_FILES["vae"], root, layout, "Wan2.1 VAE")
-        reader = open_checkpoint(path)
-        config = vae_config_from_original(reader.shapes(), source=str(path))
-        key_map = vae_key_map(config["num_res_blocks"])
-    else:
-        folder = root / "vae"
-        config = read_json(_require(folder / "config.json", root, layout, "VAE config"))
-        reader = open_checkpoint(
-            _one_or_many(find_weights(folder, TRANSFORMER_WEIGHTS_STEM, root, layout, "VAE weights"))
-        )
-        key_map = identity_key_map("Wan VAE (diffusers layout)")
-    with empty_weights():
-        model = AutoencoderKLWan.from_config(config)
-    report = _load(
-        model,
-        reader,
-        key_map,
-        dtype=dtype,
-        device=device,
-        strict=strict,
-        what=f"Wan VAE <- {reader.description}",
-    )
-    return model, report
+        config = vae_config_from_original(shapes, source=source)
+        return partial(AutoencoderKLWan.from_config, config), vae_key_map(config["num_res_blocks"])
+    return partial(AutoencoderKLWan.from_config, raw), identity_key_map("Wan VAE (diffusers layout)")
 
 
-def load_wan_text_encoder(
-    root: str | Path,
-    layout: Layout,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    strict: bool = True,
-) -> tuple[UMT5EncoderModel, LoadReport]:
-    """The UMT5 encoder as transformers' ``UMT5EncoderModel``."""
-    root = Path(root)
+def _text_encoder(raw: dict | None, shapes: Mapping[str, Shape], source: str, layout: Layout
+                  ) -> tuple[ModelFactory, KeyMap]:
     if layout == "original":
-        path = _require(root / ORIGINAL_FILES["text_encoder"], root, layout, "UMT5-XXL text encoder")
-        reader = open_checkpoint(path)
-        config = UMT5Config(**umt5_config_from_original(reader.shapes(), source=str(path)))
-        key_map = umt5_key_map()
-    else:
-        folder = root / "text_encoder"
-        config = UMT5Config.from_dict(
-            read_json(_require(folder / "config.json", root, layout, "text encoder config"))
-        )
-        reader = open_checkpoint(
-            _one_or_many(find_weights(folder, "model", root, layout, "text encoder weights"))
-        )
-        key_map = identity_key_map("Wan UMT5 encoder (diffusers layout)")
-    with empty_weights():
-        model = UMT5EncoderModel(config)
-    report = _load(
-        model,
-        reader,
-        key_map,
-        dtype=dtype,
-        device=device,
-        strict=strict,
-        what=f"Wan UMT5 encoder <- {reader.description}",
-    )
-    return model, report
+        config = UMT5Config(**umt5_config_from_original(shapes, source=source))
+        return partial(UMT5EncoderModel, config), umt5_key_map()
+    return partial(UMT5EncoderModel, UMT5Config.from_dict(raw)), identity_key_map("Wan UMT5 encoder (diffusers layout)")
 
 
-def load_wan_image_encoder(
-    root: str | Path,
-    layout: Layout,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    strict: bool = True,
-) -> tuple[CLIPVisionModel | CLIPVisionModelWithProjection, LoadReport]:
-    """The CLIP ViT-H/14 vision tower as transformers' ``CLIPVisionModelWithProjection``.
+def _image_encoder(raw: dict | None, shapes: Mapping[str, Shape], source: str, layout: Layout
+                   ) -> tuple[ModelFactory, KeyMap]:
+    """Wan feeds the transformer the CLIP ViT-H/14 penultimate block's output (``hidden_states[-2]``),
+    ``(B, 257, 1280)`` for 224x224 inputs."""
+    if layout == "original":
+        config = CLIPVisionConfig(**clip_config_from_original(shapes, source=source))
+        return partial(CLIPVisionModelWithProjection, config), clip_key_map()
+    with_projection = "CLIPVisionModelWithProjection" in ((raw or {}).get("architectures") or [])
+    model_cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+    return (partial(model_cls, CLIPVisionConfig.from_dict(raw)),
+            identity_key_map("Wan CLIP image encoder (diffusers layout)"))
 
-    Wan feeds the transformer the output of the penultimate block (``hidden_states[-2]`` with
-    ``output_hidden_states=True``), ``(B, 257, 1280)`` for 224x224 inputs.
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Where one model component lives in each layout and how it is built from its config and shapes.
+
+    ``original_file``: the weights file of an original release (None: the transformer, whose
+    ``config.json`` and ``diffusion_pytorch_model*`` shards sit at the top of the folder).
+    ``folder``/``stem``: its diffusers subfolder and weights file stem.
     """
+
+    what: str
+    folder: str
+    stem: str
+    original_file: str | None
+    build: Callable[[dict | None, Mapping[str, Shape], str, Layout], tuple[ModelFactory, KeyMap]]
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    "transformer": ComponentSpec("Wan transformer", "transformer", TRANSFORMER_WEIGHTS_STEM, None, _transformer),
+    "vae": ComponentSpec("Wan VAE", "vae", TRANSFORMER_WEIGHTS_STEM, ORIGINAL_FILES["vae"], _vae),
+    "text_encoder": ComponentSpec("Wan UMT5 encoder", "text_encoder", "model", ORIGINAL_FILES["text_encoder"],
+                                  _text_encoder),
+    "image_encoder": ComponentSpec("Wan CLIP image encoder", "image_encoder", "model",
+                                   ORIGINAL_FILES["image_encoder"], _image_encoder),
+}
+
+
+def load_wan_component(
+    root: str | Path,
+    layout: Layout,
+    part: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    strict: bool = True,
+) -> tuple[nn.Module, LoadReport]:
+    """One model component (`COMPONENTS`), built on the meta device from its config (original layout:
+    read off the file's shapes) and filled strictly from its weights."""
     root = Path(root)
-    model_cls: type[CLIPVisionModel] | type[CLIPVisionModelWithProjection]
-    if layout == "original":
-        path = _require(root / ORIGINAL_FILES["image_encoder"], root, layout, "CLIP image encoder")
-        reader = open_checkpoint(path)
-        config = CLIPVisionConfig(**clip_config_from_original(reader.shapes(), source=str(path)))
-        key_map = clip_key_map()
-        model_cls = CLIPVisionModelWithProjection
+    spec = COMPONENTS[part]
+    raw: dict | None = None
+    if layout == "original" and spec.original_file is not None:
+        path = _require(root / spec.original_file, root, layout, spec.what)
+        reader, source = open_checkpoint(path), str(path)
     else:
-        folder = root / "image_encoder"
-        raw = read_json(_require(folder / "config.json", root, layout, "image encoder config"))
-        config = CLIPVisionConfig.from_dict(raw)
-        reader = open_checkpoint(
-            _one_or_many(find_weights(folder, "model", root, layout, "image encoder weights"))
-        )
-        key_map = identity_key_map("Wan CLIP image encoder (diffusers layout)")
-        with_projection = "CLIPVisionModelWithProjection" in (raw.get("architectures") or [])
-        model_cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+        folder = root if layout == "original" else root / spec.folder
+        config_file = _require(folder / "config.json", root, layout, f"{spec.what} config")
+        raw, source = read_json(config_file), str(config_file)
+        reader = open_checkpoint(_one_or_many(find_weights(folder, spec.stem, root, layout, f"{spec.what} weights")))
+    factory, key_map = spec.build(raw, reader.shapes(), source, layout)
     with empty_weights():
-        model = model_cls(config)
-    report = _load(
-        model,
-        reader,
-        key_map,
-        dtype=dtype,
-        device=device,
-        strict=strict,
-        what=f"Wan CLIP image encoder <- {reader.description}",
-    )
-    return model, report
+        model = factory()
+    return model, load_component(model, reader, key_map, dtype=dtype, device=device, strict=strict,
+                        what=f"{spec.what} <- {reader.description}")
 
 
 def load_wan_tokenizer(root: str | Path, layout: Layout) -> PreTrainedTokenizerBase:
@@ -392,12 +307,6 @@ def load_wan_components(
     if chosen not in ("original", "diffusers"):
         raise ValueError(f"layout must be 'auto', 'original' or 'diffusers', not {layout!r}")
     out = WanComponents(root=root, layout=chosen)
-    loaders = {
-        "transformer": load_wan_transformer,
-        "vae": load_wan_vae,
-        "text_encoder": load_wan_text_encoder,
-        "image_encoder": load_wan_image_encoder,
-    }
     with hub_offline():
         for part in ALL_PARTS:
             if part not in parts:
@@ -405,8 +314,8 @@ def load_wan_components(
             if part == "tokenizer":
                 out.tokenizer = load_wan_tokenizer(root, chosen)
                 continue
-            model, report = loaders[part](
-                root, chosen, dtype=_dtype_for(dtype, part), device=device, strict=strict
+            model, report = load_wan_component(
+                root, chosen, part, dtype=_dtype_for(dtype, part), device=device, strict=strict
             )
             setattr(out, part, model)
             out.reports[part] = report
