@@ -50,13 +50,6 @@ READ_ELSEWHERE: dict[str, tuple[str, str]] = {
     "network_alpha": ("read by --use_lora runs", _LORA_TEST),
     "lora_target_modules": ("read by --use_lora runs", _LORA_TEST),
 }
-# Fields the `seam` branch makes honoured on Wan (issue 10): remove at merge. (vae_mini_batch is read
-# on Wan today, but encoding goes one sample at a time, so its value changes nothing.)
-BEING_FIXED: dict[str, set[str]] = {
-    "wan2.1-fun-control-v1.0": {"transformer_path", "enable_slicing", "enable_tiling", "vae_mini_batch"},
-    "wan2.1-fun-control-v1.1": {"transformer_path", "enable_slicing", "enable_tiling", "vae_mini_batch"},
-    "wan2.1-fun-control-camera": {"transformer_path", "enable_slicing", "enable_tiling", "vae_mini_batch"},
-}
 
 _RECORDING: list[set[str]] = []
 # Code that reads every field without using each: whole-config copies and the cache fingerprint.
@@ -214,7 +207,7 @@ def test_every_field_reaches_a_reader_or_is_refused_naming_the_preset(
     assert result.global_step == 1 and result.checkpoints and result.validation_dirs
     silent = []
     for name in _fields():
-        if name in reads or name in READ_ELSEWHERE or name in BEING_FIXED.get(preset, set()):
+        if name in reads or name in READ_ELSEWHERE:
             continue
         message = refusal(preset, name)
         if message is None or preset not in message:

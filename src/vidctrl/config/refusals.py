@@ -105,7 +105,7 @@ UNREAD_BY_PRESET: dict[tuple[str, ...], dict[str, str]] = {
 }
 # Data fields of VideoX-Fun's bucketing that DynamiCtrl's frame sampling and size buckets never read.
 _VIDEOX_SHAPING = ("token_sample_size", "enable_bucket", "random_hw_adapt", "training_with_video_token_length",
-                   "random_frame_crop")
+                   "random_frame_crop", "downsample_first_prob", "size_weighting")
 
 
 def _refuse_unread_for(config: TrainConfig) -> None:
