@@ -243,7 +243,16 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
     accelerator.wait_for_everyone()
     global_step = 0
     fresh_hyperparameters = optimizer_hyperparameters(optimizer)
-    refuse_unresumable_changes(checkpoints, run.resume_from_checkpoint, config.to_dict())
+    # The main process judges the checkpoint it will resume (every rank loads its choice) for all ranks.
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            refuse_unresumable_changes(checkpoints, run.resume_from_checkpoint, config.to_dict())
+        except ConfigError as err:
+            refusal = str(err)
+    refusal = main_process_value(refusal)
+    if refusal is not None:
+        raise ConfigError(refusal)
     resumed = checkpoints.resume(run.resume_from_checkpoint)
     if resumed is not None:
         # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
