@@ -1,5 +1,6 @@
 """The import graph of src/vidctrl has no cycles: a module never imports (directly or through others,
-at module level or inside a function) a module that imports it back.
+at module level or inside a function) a module that imports it back. Imports under `if TYPE_CHECKING:`
+serve annotations only and never run, so they are not edges.
 
 A circle works only while every import on it happens to run late enough; the next edit that moves one
 import to the top of a file turns it into an ImportError at start-up. The graph is read from the source
@@ -29,7 +30,12 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        type_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                     for stmt in block.body for n in ast.walk(stmt)}  # type: ignore[attr-defined]
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue  # `if TYPE_CHECKING:` imports never run: annotations only
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -43,6 +49,14 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                     targets.add(candidate if candidate in modules else base)
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -114,6 +128,15 @@ def test_import_graph_reads_function_level_and_relative_imports(tmp_path: Path) 
     assert graph["pkg.sub.leaf"] == {"pkg.top"}
     assert graph["pkg.sub"] == {"pkg.sub.leaf"}
     assert find_cycles(graph) == [["pkg.sub.leaf", "pkg.top", "pkg.sub.leaf"]]
+
+
+def test_imports_for_annotations_only_are_not_edges(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n")
+    (package / "b.py").write_text("from pkg.a import x\n")
+    assert import_graph(package)["pkg.a"] == set() and find_cycles(import_graph(package)) == []
 
 
 def test_vidctrl_import_graph_has_no_cycles() -> None:
