@@ -27,6 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vidctrl.errors import UserError
+
 FINGERPRINT = "fingerprint.json"
 CONSTANTS = "constants.safetensors"
 INDEX = "index.json"
@@ -35,7 +37,7 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{8})-(\d{8})\.safetensors$")
 SHARD_FORMAT = "vidctrl-cache-1"
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """A cache that cannot be used or written as asked (the message says what to do)."""
 
 

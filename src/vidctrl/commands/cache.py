@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from vidctrl.errors import format_user_error
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from vidctrl.cache.build import DEFAULT_SHARD_MIB
@@ -36,7 +38,7 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         config = resolve(args)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(format_user_error(exc), file=sys.stderr)
         return 2
     if args.cache_shard_mib <= 0:
         print("error: --cache_shard_mib must be positive", file=sys.stderr)
@@ -44,7 +46,7 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         report = build_cache(config, shard_mib=args.cache_shard_mib)
     except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(format_user_error(exc), file=sys.stderr)
         return 1
     if report.main_process:
         print(f"cache at {report.cache_dir}: {report.records} samples ({report.encoded} encoded now, {report.reused} "

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from vidctrl.config.checks import check_train_config
 from vidctrl.config.fields import ConfigError, add_arguments, coerce, flags_of, given
 from vidctrl.config.sections import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, ValidationConfig
 from vidctrl.data.config import DataConfig
@@ -239,6 +240,7 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
             raise ConfigError(str(exc)) from None
     sections["model"].preset = preset
     config = TrainConfig(**sections, family=options, preset=preset)
+    check_train_config(config, family)  # every flag's range and the cross-field rules, before anything loads
     family.validate_config(config)
     return config
 

@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import vidctrl
+from vidctrl.errors import UserError
 from vidctrl.train.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED_NAMES = {MARKER_FILE, SAMPLER_FILE, ENGINE_STATE_DIR}
 
 
-class TrainingCheckpointError(RuntimeError):
+class TrainingCheckpointError(UserError, RuntimeError):
     """A training checkpoint could not be written, found or read."""
 
 

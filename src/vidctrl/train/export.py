@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vidctrl.errors import UserError
 from vidctrl.train.checkpoint import DIFFUSERS_WEIGHTS_NAME, ENGINE_STATE_DIR, MARKER_FILE
 from vidctrl.train.sharded_state import (
     FSDP_DIR,
@@ -37,7 +38,7 @@ _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported; the message says what is missing."""
 
 

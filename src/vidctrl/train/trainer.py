@@ -26,6 +26,7 @@ import torch
 from vidctrl.cache.loader import open_cache
 from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
+from vidctrl.errors import UserError
 from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
 from vidctrl.train import distributed
@@ -45,8 +46,10 @@ from vidctrl.train.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on; the message names the step and the samples involved."""
+
+    exit_code = 1
 
 
 @dataclass
