@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command; `parser` lets a caller that runs many (tests) build the parser once."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     from vidctrl.errors import UserError, format_user_error
 

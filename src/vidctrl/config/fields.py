@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -101,7 +102,7 @@ def check_ranges(section: Any) -> None:
     Called when a config is built, before anything loads, so that `--checkpointing_steps 0` or
     `--learning_rate nan` fails in the first second and not after the model loaded.
     """
-    hints = typing.get_type_hints(type(section))
+    hints = type_hints(type(section))
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if value is None:
@@ -135,6 +136,12 @@ def parse_bool(text: str | bool) -> bool:
     if lowered in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+@functools.cache
+def type_hints(section: type) -> dict[str, Any]:
+    """`typing.get_type_hints`, once per section class (it evaluates every annotation string)."""
+    return typing.get_type_hints(section)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -188,7 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser, section: type, *, group_title
     Defaults are left as `argparse.SUPPRESS` so that `from_namespace` can tell a flag the user
     typed from a default (presets and YAML files fill in what the user did not type).
     """
-    hints = typing.get_type_hints(section)
+    hints = type_hints(section)
     target = parser.add_argument_group(group_title) if group_title else parser
     for f in dataclasses.fields(section):
         kwargs = argument_kwargs(f, hints[f.name])
@@ -214,7 +221,7 @@ def given(namespace: argparse.Namespace, section: type) -> dict[str, Any]:
 
 def coerce(section: type, values: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Type-check and convert raw values (from YAML or a preset) to the section's field types."""
-    hints = typing.get_type_hints(section)
+    hints = type_hints(section)
     known = {f.name: f for f in dataclasses.fields(section)}
     out: dict[str, Any] = {}
     for key, value in values.items():
