@@ -104,6 +104,10 @@ class RunConfig:
     checkpointing_steps: int = option(500, help="save a checkpoint every N optimizer steps", min=1)
     checkpoints_total_limit: int | None = option(None, help="keep at most N checkpoints (the newest)", min=1)
     resume_from_checkpoint: str | None = option(None, help="a checkpoint folder, or 'latest'")
+    resume_fallback: bool = option(
+        False, help="with --resume_from_checkpoint latest: when the newest checkpoint has a damaged file, "
+        "resume from the previous sound one (with a warning) instead of stopping"
+    )
     report_to: str = option("tensorboard", help="tensorboard, wandb, all or none")
     tracker_project_name: str = option("vidctrl", help="project name for the trackers")
     logging_dir: str = option("logs", help="tracker folder under output_dir")

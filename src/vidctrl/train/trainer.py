@@ -31,6 +31,7 @@ from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
 from vidctrl.train import distributed
 from vidctrl.train.checkpoint import (
+    SAMPLER_FILE,
     CheckpointManager,
     TrainingCheckpointError,
     estimate_checkpoint_bytes,
@@ -231,9 +232,12 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
             raise TrainingError(str(err)) from err
     accelerator.wait_for_everyone()
     global_step = 0
-    resumed = checkpoints.resume(run.resume_from_checkpoint)
+    resumed = checkpoints.resume(run.resume_from_checkpoint, fallback=run.resume_fallback)
     if resumed is not None:
-        loader.load_state_dict(resumed.sampler_state)
+        try:
+            loader.load_state_dict(resumed.sampler_state)
+        except ValueError as err:  # the data order the checkpoint continues cannot be rebuilt
+            raise TrainingCheckpointError(f"{resumed.path / SAMPLER_FILE}: {err}") from err
         global_step = resumed.step
         log.info("resumed from %s at step %d (epoch %d)", resumed.path, resumed.step, resumed.epoch)
 
