@@ -49,6 +49,8 @@ def run_cache(args: argparse.Namespace) -> int:
         print(format_user_error(exc), file=sys.stderr)
         return 1
     if report.main_process:
+        for problem in report.repaired:
+            print(f"re-encoded damaged cache file {problem}")
         print(f"cache at {report.cache_dir}: {report.records} samples ({report.encoded} encoded now, {report.reused} "
               f"already there, {report.skipped} could not be loaded), {report.total_bytes / 2**20:.1f} MiB")
     return 0

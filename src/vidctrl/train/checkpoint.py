@@ -43,6 +43,7 @@ from torch import nn
 
 import vidctrl
 from vidctrl.errors import UserError
+from vidctrl.integrity import safetensors_damage
 from vidctrl.train.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
@@ -678,39 +679,6 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as err:  # SafetensorError names no file
         raise TrainingCheckpointError(f"{path} cannot be read as safetensors: {err}") from err
-
-
-def safetensors_damage(path: Path) -> str | None:
-    """What is wrong with a .safetensors file's framing (None: header and size agree), from its
-    header alone: a truncated copy or an interrupted write is found without reading the tensors."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            raw = handle.read(8)
-            if len(raw) < 8:
-                return f"{size} bytes, too short for a safetensors header (truncated)"
-            header_len = int.from_bytes(raw, "little")
-            if header_len > size - 8:
-                return f"header of {header_len} bytes in a {size}-byte file (truncated)"
-            header = json.loads(handle.read(header_len))
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "its header is not valid JSON (damaged)"
-    if not isinstance(header, dict):
-        return "its header is not a JSON object (damaged)"
-    end = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
-            return f"tensor {key} has no data offsets (damaged)"
-        end = max(end, int(offsets[1]))
-    expected = 8 + header_len + end
-    if size < expected:
-        return f"{size} bytes where its header describes {expected} (truncated)"
-    return None
 
 
 def find_damage(checkpoint: Path) -> str | None:
