@@ -11,7 +11,7 @@ import re
 
 # torch's DataLoader re-raises a worker's exception as the same type whose message is
 # "Caught X in DataLoader worker process N.\nOriginal Traceback (most recent call last): ...".
-_WORKER_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.DOTALL)
+_WORKER_WRAPPED = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback")
 
 
 class UserError(Exception):
@@ -24,7 +24,7 @@ class UserError(Exception):
 def format_user_error(exc: BaseException) -> str:
     """`error: <message>` on one logical line (the message itself may carry a hint after it)."""
     text = str(exc).strip() or type(exc).__name__
-    if _WORKER_WRAPPED.match(text):
+    if _WORKER_WRAPPED.search(text):
         # The user needs the worker's own message, not its traceback: it follows the last
         # "module.ErrorType: " line of the formatted traceback.
         for name in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: "):
