@@ -46,6 +46,12 @@ def load_manifest(config: DataConfig, *, workers: int | None = None) -> LoadedDa
     from vidctrl.data.layouts import load_dataset
 
     imported = load_dataset(config)
+    # A caption that is not text (a number, a list) is the per-sample error `data check` reports, not a
+    # crash when the manifest table is built.
+    from vidctrl.data.check import record_problems
+
+    imported.problems.extend(p for p in record_problems(imported.records, require_captions=False)
+                             if p.code == "caption_not_text")
     strict = config.bad_sample_policy == "strict"
     if strict:
         imported.raise_for_errors()
