@@ -130,7 +130,7 @@ def test_issue_flag_values_are_refused_before_the_model_loads(argv, named, parse
     # No --pretrained_model_name_or_path: a refusal that came after the model would name that instead.
     code, err = run(parser, ["train", "--preset", "wan2.1-fun-control-v1.1", "--train_data_meta", "m.json", *argv],
                     capsys)
-    assert code == 2 and err.startswith("error: ") and named in err and "Traceback" not in err
+    assert code != 0 and err.startswith("error: ") and named in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -18,17 +18,27 @@ TRACKERS = ("tensorboard", "wandb", "all", "none")
 
 
 def check_train_config(config: Any, family: Any) -> None:
-    """Raise `ConfigError` naming the flag, the value and what it may be, for the first problem found."""
+    """Every field's declared range (called before the family's own checks, which may assume sane
+    numbers). Raises `ConfigError` naming the flag, the value and what it may be."""
     for section in (config.model, config.data, config.optim, config.objective, config.run, config.validation):
         check_ranges(section)
     if config.family is not None and dataclasses.is_dataclass(config.family):
         check_ranges(config.family)
+
+
+def check_cross_fields(config: Any, family: Any) -> None:
+    """The rules involving several fields or the family (called after the family's own checks, whose
+    messages are more specific where they exist)."""
     _check_sampling(config.data, family, config.preset)
     _check_report_to(config.run.report_to)
-    _check_validation_files(config.validation, getattr(config.family, "validation_paths", None))
     validation_frames = config.validation.validation_frames
     if validation_frames is not None:
         _check_frame_count("--validation_frames", validation_frames, family, config.preset)
+
+
+def check_input_files(config: Any) -> None:
+    """Files the run reads late (validation inputs) must exist when it starts, not hours in."""
+    _check_validation_files(config.validation, getattr(config.family, "validation_paths", None))
 
 
 def _check_sampling(data: Any, family: Any, preset: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from vidctrl.config.checks import check_train_config
+from vidctrl.config.checks import check_cross_fields, check_train_config
 from vidctrl.config.fields import ConfigError, add_arguments, coerce, flags_of, given
 from vidctrl.config.sections import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, ValidationConfig
 from vidctrl.data.config import DataConfig
@@ -240,8 +240,9 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
             raise ConfigError(str(exc)) from None
     sections["model"].preset = preset
     config = TrainConfig(**sections, family=options, preset=preset)
-    check_train_config(config, family)  # every flag's range and the cross-field rules, before anything loads
+    check_train_config(config, family)  # every flag's range, before anything loads
     family.validate_config(config)
+    check_cross_fields(config, family)
     return config
 
 

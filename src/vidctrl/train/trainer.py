@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vidctrl.cache.loader import open_cache
+from vidctrl.config.checks import check_input_files
 from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
 from vidctrl.errors import UserError
@@ -121,6 +122,7 @@ def _train(config: TrainConfig, family: ModelFamily | None) -> TrainResult:
     from accelerate.utils import ProjectConfiguration, set_seed
 
     run, optim, model_config = config.run, config.optim, config.model
+    check_input_files(config)  # validation inputs exist now, not at the first validation hours in
     output_dir = Path(run.output_dir)
     log_with = None if run.report_to == "none" else run.report_to
     plan = distributed.read_launch()
