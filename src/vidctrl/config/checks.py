@@ -37,7 +37,20 @@ def check_cross_fields(config: Any, family: Any) -> None:
 
 
 def check_input_files(config: Any) -> None:
-    """Files the run reads late (validation inputs) must exist when it starts, not hours in."""
+    """Files the run reads late (the dataset after the model loaded, validation inputs hours in) must
+    exist when it starts."""
+    if not config.model.load_tensors:
+        from vidctrl.data.layouts import source_of
+        from vidctrl.data.records import DataError
+
+        try:
+            _, path = source_of(config.data)
+        except DataError:
+            path = None  # no or several sources: the data loader says which flags to pass
+        if path is not None and not path.exists():
+            flag = next(f"--{name}" for name in ("train_data_meta", "data_root", "meta_info_path", "manifest")
+                        if getattr(config.data, name) is not None)
+            raise ConfigError(f"{flag} {path} does not exist; pass the dataset's metadata file or folder")
     _check_validation_files(config.validation, getattr(config.family, "validation_paths", None))
 
 
