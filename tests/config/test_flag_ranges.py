@@ -124,12 +124,16 @@ def test_the_preset_defaults_are_within_every_declared_range(preset, parser) -> 
         (["--video_sample_stride", "0"], "--video_sample_stride"),
         (["--video_length_drop_start", "0.8", "--video_length_drop_end", "0.2"], "--video_length_drop_start"),
         (["--video_sample_n_frames", "50"], "4k+1"),
+        (["--fix_sample_size", "512"], "fix_sample_size takes HEIGHT WIDTH"),
+        (["--lr_scheduler", "bogus"], "--lr_scheduler bogus"),
     ],
 )
-def test_issue_flag_values_are_refused_before_the_model_loads(argv, named, parser, capsys) -> None:
+def test_issue_flag_values_are_refused_before_the_model_loads(argv, named, parser, capsys, tmp_path) -> None:
     # No --pretrained_model_name_or_path: a refusal that came after the model would name that instead.
-    code, err = run(parser, ["train", "--preset", "wan2.1-fun-control-v1.1", "--train_data_meta", "m.json", *argv],
-                    capsys)
+    meta = tmp_path / "m.json"
+    meta.write_text("[]")
+    code, err = run(parser, ["train", "--preset", "wan2.1-fun-control-v1.1", "--train_data_meta", str(meta),
+                             "--output_dir", str(tmp_path / "out"), *argv], capsys)
     assert code != 0 and err.startswith("error: ") and named in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 

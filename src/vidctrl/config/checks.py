@@ -31,6 +31,11 @@ def check_cross_fields(config: Any, family: Any) -> None:
     messages are more specific where they exist)."""
     _check_sampling(config.data, family, config.preset)
     _check_report_to(config.run.report_to)
+    from vidctrl.train.optim import SCHEDULES
+
+    if config.optim.lr_scheduler not in SCHEDULES:
+        raise ConfigError(f"--lr_scheduler {config.optim.lr_scheduler}: not a schedule vidctrl knows; choose one of "
+                          f"{', '.join(SCHEDULES)}")
     validation_frames = config.validation.validation_frames
     if validation_frames is not None:
         _check_frame_count("--validation_frames", validation_frames, family, config.preset)
@@ -75,9 +80,13 @@ def _check_sampling(data: Any, family: Any, preset: str) -> None:
         layout, _ = source_of(data)
     except DataError:
         layout = "videox"  # no (or several) sources: reported when the data loads
+    from vidctrl.data.buckets import fixed_sample_size
+
     try:
         ClipRules.from_config(data, layout=layout)
         dynamictrl_size_buckets(data)
+        if data.fix_sample_size is not None:
+            fixed_sample_size(data.fix_sample_size)
     except ConfigError:
         raise
     except ValueError as exc:

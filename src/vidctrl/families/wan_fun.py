@@ -404,7 +404,9 @@ class WanFunControl(ModelFamily):
         controls = v.validation_control_videos or []
         images = v.validation_images or []
         if not prompts or len(controls) != len(prompts) or (images and len(images) != len(prompts)):
-            raise ValueError(
+            from vidctrl.config.fields import ConfigError
+
+            raise ConfigError(
                 "validation needs one --validation_control_videos per --validation_prompts (and, for the reference, "
                 f"one --validation_images each); got {len(prompts)} prompts, {len(controls)} control videos, "
                 f"{len(images)} images"
