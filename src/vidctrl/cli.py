@@ -40,25 +40,16 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     """Run one command; `parser` lets a caller that runs many (tests) build the parser once."""
     parser = parser or build_parser()
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    from vidctrl.errors import UserError, format_user_error
+    from vidctrl.errors import UserError, report_user_error
 
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         # The user's to fix (a flag, a file, a damaged checkpoint): one line, no traceback. Any other
         # exception is a bug in vidctrl and keeps its traceback.
-        _close_progress_bars()
-        print(format_user_error(exc), file=sys.stderr)
+        report_user_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-def _close_progress_bars() -> None:
-    """End the progress bars a failed run left open, so that the error starts its own line."""
-    tqdm_module = sys.modules.get("tqdm")
-    if tqdm_module is None:
-        return
-    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
-        bar.close()

@@ -8,6 +8,7 @@ Anything else that escapes is a bug in vidctrl and keeps its traceback.
 from __future__ import annotations
 
 import re
+import sys
 
 # torch's DataLoader re-raises a worker's exception as the same type whose message is
 # "Caught X in DataLoader worker process N.\nOriginal Traceback (most recent call last): ...".
@@ -33,3 +34,13 @@ def format_user_error(exc: BaseException) -> str:
                 text = text[at + len(name):].strip()
                 break
     return text if text.startswith("error: ") else f"error: {text}"
+
+
+def report_user_error(exc: BaseException) -> None:
+    """Print `exc` as one `error:` line on stderr, on a line of its own: progress bars a failed run
+    left open are ended first."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
+    print(format_user_error(exc), file=sys.stderr)

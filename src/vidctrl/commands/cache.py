@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from vidctrl.errors import format_user_error
+from vidctrl.errors import report_user_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         config = resolve(args)
     except (ConfigError, ValueError) as exc:
-        print(format_user_error(exc), file=sys.stderr)
+        report_user_error(exc)
         return 2
     if args.cache_shard_mib <= 0:
         print("error: --cache_shard_mib must be positive", file=sys.stderr)
@@ -46,7 +46,7 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         report = build_cache(config, shard_mib=args.cache_shard_mib)
     except CacheError as exc:
-        print(format_user_error(exc), file=sys.stderr)
+        report_user_error(exc)
         return 1
     if report.main_process:
         for problem in report.repaired:

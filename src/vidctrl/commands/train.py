@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
-from vidctrl.errors import format_user_error
+from vidctrl.errors import report_user_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,12 +30,12 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = resolve(args)
     except (ConfigError, ValueError) as exc:
-        print(format_user_error(exc), file=sys.stderr)
+        report_user_error(exc)
         return 2
     try:
         result = train(config)
     except (ConfigError, TrainingError) as exc:
-        print(format_user_error(exc), file=sys.stderr)
+        report_user_error(exc)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
         print(f"trained {result.global_step} steps; output in {result.output_dir}")
