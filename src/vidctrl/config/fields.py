@@ -126,6 +126,22 @@ def check_ranges(section: Any) -> None:
                 )
 
 
+def int_at_least(minimum: int) -> Any:
+    """An argparse `type` for a plain command option (not a config field) with a lower bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def parse_bool(text: str | bool) -> bool:
     """`--flag`, `--flag true`, `--flag=False`: the seeds use all three."""
     if isinstance(text, bool):
