@@ -60,3 +60,23 @@ def test_a_sample_that_fails_in_a_dataloader_worker_is_one_error_line_naming_it(
     err, errors = error_lines(capsys)
     assert code != 0 and "Traceback" not in err and len(errors) == 1, err[-3000:]
     assert control.name in errors[0] and "DataLoader worker" not in errors[0]
+
+
+@pytest.mark.slow
+def test_resume_latest_with_a_damaged_newest_checkpoint_stops_or_falls_back_when_asked(
+    fault_model: Path, fault_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    base = train_args(fault_model, fault_data, out, "--train_batch_size", "1", "--checkpointing_steps", "1")
+    assert main(["train", *base, "--max_train_steps", "2"]) == 0
+    optimizer = out / "checkpoint-2" / "optimizer.pth"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    capsys.readouterr()
+    resume = ["train", *base, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]
+    assert main(resume) != 0
+    err, errors = error_lines(capsys)
+    assert "Traceback" not in err and len(errors) == 1
+    assert "checkpoint-2/optimizer.pth" in errors[0] and "--resume_from_checkpoint checkpoint-1" in errors[0]
+
+    assert main([*resume, "--resume_fallback"]) == 0
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
