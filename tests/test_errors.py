@@ -66,3 +66,17 @@ def test_a_missing_dataset_is_refused_before_the_model_loads(tmp_path, capsys) -
     err = capsys.readouterr().err
     assert code != 0 and err.strip().splitlines()[-1] == (
         f"error: --train_data_meta {tmp_path / 'meta.json'} does not exist; pass the dataset's metadata file or folder")
+
+
+def test_a_bug_in_vidctrl_keeps_its_traceback(monkeypatch) -> None:
+    """Only user errors are turned into one line: anything else propagates (the interpreter prints its
+    traceback and exits 1), so that bugs are reported with where they happened."""
+    import vidctrl.commands.model as model_command
+    from vidctrl.cli import main
+
+    def broken(args) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(model_command, "run_tiny", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["model", "tiny", "--preset", "dynamictrl", "--out", "x"])
