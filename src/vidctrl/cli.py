@@ -36,19 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command; `parser` lets a caller that runs many (tests) build the parser once."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    from vidctrl.config.fields import ConfigError
-    from vidctrl.data.records import DataError
+    from vidctrl.errors import UserError, report_user_error
 
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError) as exc:
-        # A data problem is the user's to fix: say what and where, without a traceback.
-        text = str(exc)
-        print(text if text.startswith("error: ") else f"error: {text}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        # The user's to fix (a flag, a file, a damaged checkpoint): one line, no traceback. Any other
+        # exception is a bug in vidctrl and keeps its traceback.
+        report_user_error(exc)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+

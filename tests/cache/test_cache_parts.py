@@ -178,3 +178,34 @@ def test_load_tensors_is_a_typed_flag_with_a_cache_dir() -> None:
     config = parse_train_config(["--preset", "dynamictrl", "--load_tensors", "--cache_dir", "/tmp/c"])
     assert config.model.load_tensors and config.model.cache_dir == Path("/tmp/c")
     assert not parse_train_config(["--preset", "dynamictrl"]).model.load_tensors
+
+
+def test_damaged_shards_and_constants_are_found_by_their_checksum_removed_and_named(tmp_path: Path) -> None:
+    from vidctrl.cache.store import (
+        CONSTANTS,
+        INDEX,
+        cache_file_damage,
+        remove_damaged_files,
+        save_tensors_atomic,
+    )
+
+    writer = ShardWriter(tmp_path, max_bytes=1)  # a shard per record
+    for record in (0, 1, 2):
+        writer.add(record, _tensors(record))
+    save_tensors_atomic(tmp_path / CONSTANTS, {"empty_prompt": torch.ones(4, 8)}, {"preset": "x"})
+    (tmp_path / INDEX).write_text("{}")
+    shards = sorted((tmp_path / SHARDS).iterdir())
+    flipped = bytearray(shards[1].read_bytes())
+    flipped[-5] ^= 0xFF  # same size, other contents: only the checksum can tell
+    shards[1].write_bytes(bytes(flipped))
+    shards[2].write_bytes(shards[2].read_bytes()[:-10])  # truncated
+    assert cache_file_damage(tmp_path, [p.name for p in shards]) == [
+        f"{shards[2]}: {shards[2].stat().st_size} bytes where its header describes "
+        f"{shards[2].stat().st_size + 10} (truncated)"]
+
+    damaged = remove_damaged_files(tmp_path)
+    assert [d.split(": ")[0] for d in damaged] == [str(shards[1]), str(shards[2])]
+    assert "do not match the checksum" in damaged[0] and "truncated" in damaged[1]
+    assert finished_records(tmp_path) == {0}  # the damaged records are encoded again
+    assert not (tmp_path / INDEX).exists() and (tmp_path / CONSTANTS).exists()
+    assert remove_damaged_files(tmp_path) == []

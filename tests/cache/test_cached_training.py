@@ -245,3 +245,25 @@ def test_two_processes_write_the_cache_one_process_writes_and_train_from_it_like
     epoch_0 = len(index["records"]) // index["global_batch_size"]
     assert epoch_0 == 2 and len(metrics(two)) == 3  # the third step starts the next epoch
     assert metrics(two)[:epoch_0] == pytest.approx(metrics(one)[:epoch_0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_complete_cache_with_a_damaged_shard_is_refused_by_training_and_repaired_by_a_rerun(
+    wan_cache: Path, datasets: dict[str, Path], model_for: Callable[[str], Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(wan_cache, cache)
+    shard = sorted((cache / SHARDS).glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-64])
+    args = wan_args(datasets, model_for, tmp_path / "out", "--cache_dir", str(cache))
+    capsys.readouterr()
+    assert main(["train", *args, "--load_tensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --load_tensors: the latent cache") and f"{shard}: " in err and "truncated" in err
+
+    assert main(["cache", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"re-encoded damaged cache file {shard}" in out
+    complete, repaired = cached_tensors(wan_cache), cached_tensors(cache)
+    assert complete.keys() == repaired.keys() and all(torch.equal(complete[k], repaired[k]) for k in complete)

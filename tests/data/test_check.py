@@ -145,3 +145,23 @@ def test_check_opens_each_video_once(clean_dataset: Path, monkeypatch: pytest.Mo
     inspection = inspect_record(0, video, InspectSettings(rules=ClipRules.permissive(), deep=True))
     assert inspection.problems == [] and inspection.target is not None and inspection.control is not None
     assert sorted(opened) == sorted([video.media, video.control])
+
+
+def test_a_symlink_loop_is_named_as_one_not_as_a_missing_file(
+    capsys: pytest.CaptureFixture[str], clean_dataset: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "looped"
+    shutil.copytree(clean_dataset, root, symlinks=True)
+    entries = json.loads((root / "metadata.json").read_text())
+    looped, dangling = root / entries[0]["file_path"], root / entries[1]["file_path"]
+    looped.unlink()
+    partner = looped.with_name("partner.mp4")
+    looped.symlink_to(partner)
+    partner.symlink_to(looped)
+    dangling.unlink()
+    dangling.symlink_to(root / "gone.mp4")
+    code, report = run_check(capsys, root / "metadata.json", root)
+    messages = {p["sample"]: p["message"] for p in report["problems"] if p["code"] == "missing_file"}
+    assert code == 1
+    assert messages[0].endswith("is a symlink loop (it links back to itself)")
+    assert "is a broken symlink" in messages[1] and "gone.mp4" in messages[1]

@@ -189,3 +189,19 @@ def test_convert_round_trips_through_every_layout(dataset: Path, tmp_path: Path,
         assert Path(a.control).resolve() == Path(b.control).resolve()
         assert a.caption == b.caption
         assert a.frames is not None and a.width is not None  # the manifest stores probed metadata
+
+
+@pytest.mark.parametrize("caption", [42, ["a", "list"]])
+def test_a_caption_that_is_not_text_is_the_same_per_sample_error_as_in_data_check(
+    dataset: Path, tmp_path: Path, caption: object
+) -> None:
+    root = tmp_path / "captions"
+    shutil.copytree(dataset, root, symlinks=True)
+    entries = json.loads((root / "metadata.json").read_text())
+    entries[2]["text"] = caption
+    (root / "metadata.json").write_text(json.dumps(entries))
+    loaded = load_manifest(config(root))
+    assert [(p.sample, p.code) for p in loaded.excluded] == [(2, "caption_not_text")]
+    assert len(loaded.manifest) == len(entries) - 1
+    with pytest.raises(DataError, match=rf"sample 2 .*caption is {type(caption).__name__}"):
+        load_manifest(config(root, bad_sample_policy="strict"))

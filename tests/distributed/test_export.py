@@ -99,3 +99,16 @@ def test_deepspeed_files_load_as_weights_only(tmp_path: Path) -> None:
     torch.save({"payload": Payload()}, bad, pickle_module=pickle)
     with pytest.raises(ShardedStateError, match="weights_only"):
         load_deepspeed_file(bad)
+
+
+@pytest.mark.parametrize("damaged", ["transformer/diffusion_pytorch_model.safetensors", "trainer_state.json"])
+def test_export_of_a_truncated_checkpoint_names_the_file(tmp_path: Path, damaged: str, capsys) -> None:
+    folder = checkpoint_with(tmp_path)
+    save_file(state(), str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    target = folder / damaged
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    code = main(["export", "zero-to-bf16", str(folder), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: checkpoint {folder} is damaged: checkpoint-4/{damaged}: ")
+    assert not (tmp_path / "out").exists()

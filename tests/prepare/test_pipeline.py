@@ -485,3 +485,37 @@ def test_videos_are_found_recursively_and_named_flat(raw_videos: Path) -> None:
     found = find_videos(raw_videos)
     assert [rel for _, rel in found] == ["takes/video_001.mp4", "video_000.mp4", "video_002.mp4"]
     assert output_name("takes/video_001.mp4") == "takes__video_001"
+
+
+def test_symlink_loops_and_dangling_links_are_named_and_left_out_of_the_videos(
+    tmp_path: Path, raw_videos: Path
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(raw_videos / "video_000.mp4", raw / "good.mp4")
+    (raw / "loop_a.mp4").symlink_to(raw / "loop_b.mp4")
+    (raw / "loop_b.mp4").symlink_to(raw / "loop_a.mp4")
+    (raw / "dangling.mp4").symlink_to(raw / "gone.mp4")
+    unusable: list[tuple[str, str]] = []
+    found = find_videos(raw, unusable=unusable)
+    assert [rel for _, rel in found] == ["good.mp4"]
+    reasons = dict(unusable)
+    assert reasons[str(raw / "loop_a.mp4")] == "is a symlink loop (it links back to itself); skipped"
+    assert reasons[str(raw / "loop_b.mp4")].startswith("is a symlink loop")
+    assert "is a broken symlink" in reasons[str(raw / "dangling.mp4")]
+
+
+def test_prepare_with_a_symlink_loop_keeps_the_other_videos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], raw_videos: Path, pose_model_dir: Path
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(raw_videos / "video_000.mp4", raw / "good.mp4")
+    (raw / "loop.mp4").symlink_to(raw / "loop.mp4")
+    out = tmp_path / "out"
+    code = main(["data", "prepare", "--videos", str(raw), "--out", str(out), "--pose_model_dir", str(pose_model_dir),
+                 "--caption", "A person.", "--threads", "1", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1 and "loop.mp4" in captured.err and "symlink loop" in captured.err
+    assert "Traceback" not in captured.err
+    assert [e["file_path"] for e in json.loads(out.joinpath("metadata.json").read_text())] == ["videos/good.mp4"]

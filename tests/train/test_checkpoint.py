@@ -618,3 +618,101 @@ def test_accelerate_save_state_works_as_the_state_writer(tmp_path: Path, new_acc
     assert tensors_equal(resumed.optimizer.state_dict(), optimizer_at_save)
     assert resumed.scheduler.state_dict() == saved.scheduler.state_dict()
     assert draws(resumed.noise) == after_save
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged checkpoints: every problem names the file and what is wrong
+
+
+def saved_run(output_dir: Path, *steps_to_save: int) -> Run:
+    run = Run(init_seed=0)
+    manager = run.manager(output_dir)
+    for step in steps_to_save:
+        run.step()
+        manager.save(step, epoch=0, sampler_state=run.sampler)
+    return run
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    ("relative", "damage", "expected"),
+    [
+        ("transformer/diffusion_pytorch_model.safetensors", "truncate", "truncated"),
+        ("optimizer.pth", "truncate", "not a complete torch file"),
+        ("rng_state_0.pth", "truncate", "not a complete torch file"),
+        (MARKER_FILE, "garble", "not valid JSON"),
+        ("sampler_state.json", "garble", "not valid JSON"),
+    ],
+)
+def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, relative: str, damage: str,
+                                                         expected: str) -> None:
+    saved_run(tmp_path, 2)
+    target = tmp_path / "checkpoint-2" / relative
+    if damage == "truncate":
+        truncate(target)
+    else:
+        target.write_text('{"step": 2, "epo')
+    with pytest.raises(TrainingCheckpointError) as caught:
+        Run(init_seed=1).manager(tmp_path).resume("checkpoint-2")
+    message = str(caught.value)
+    assert relative in message and expected in message
+
+
+@pytest.mark.parametrize("missing", ["optimizer.pth", "sampler_state.json", "rng_state_0.pth"])
+def test_resume_from_a_checkpoint_without_a_state_file_names_it(tmp_path: Path, missing: str) -> None:
+    saved_run(tmp_path, 2)
+    (tmp_path / "checkpoint-2" / missing).unlink()
+    with pytest.raises(TrainingCheckpointError, match=rf"checkpoint-2 has no {missing}"):
+        Run(init_seed=1).manager(tmp_path).resume("checkpoint-2")
+
+
+def test_loading_a_truncated_safetensors_names_the_file_not_a_bare_safetensor_error(tmp_path: Path) -> None:
+    saved_run(tmp_path, 2)
+    weights = tmp_path / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors"
+    truncate(weights, keep=0.9)
+    with pytest.raises(TrainingCheckpointError, match=rf"{weights} is damaged: .*truncated"):
+        load_safetensors_into(TinyTransformer(), weights.parent)
+
+
+def test_trainer_state_without_a_step_is_named(tmp_path: Path) -> None:
+    saved_run(tmp_path, 2)
+    (tmp_path / "checkpoint-2" / MARKER_FILE).write_text('{"format": 1}')
+    with pytest.raises(TrainingCheckpointError, match=rf"{MARKER_FILE} has no valid step"):
+        Run(init_seed=1).manager(tmp_path).resume("checkpoint-2")
+
+
+def test_latest_with_a_damaged_newest_checkpoint_offers_the_previous_one(tmp_path: Path) -> None:
+    saved_run(tmp_path, 2, 4)
+    truncate(tmp_path / "checkpoint-4" / "optimizer.pth")
+    with pytest.raises(TrainingCheckpointError) as caught:
+        Run(init_seed=1).manager(tmp_path).resume("latest")
+    message = str(caught.value)
+    assert "newest checkpoint is damaged" in message and "checkpoint-4/optimizer.pth" in message
+    assert "--resume_from_checkpoint checkpoint-2" in message and "--resume_fallback" in message
+
+
+def test_resume_fallback_resumes_from_the_previous_sound_checkpoint_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = saved_run(tmp_path, 2)
+    model_at_2 = copy.deepcopy(run.model.state_dict())
+    run.step()
+    run.manager(tmp_path).save(4, epoch=0, sampler_state=run.sampler)
+    truncate(tmp_path / "checkpoint-4" / "transformer" / "diffusion_pytorch_model.safetensors")
+    resumed = Run(init_seed=1)
+    with caplog.at_level(logging.WARNING, logger="vidctrl.train.checkpoint"):
+        state = resumed.manager(tmp_path).resume("latest", fallback=True)
+    assert state is not None and state.step == 2
+    assert tensors_equal(resumed.model.state_dict(), model_at_2)
+    assert "skipping damaged checkpoint-4" in caplog.text
+
+
+def test_latest_when_every_checkpoint_is_damaged_says_so(tmp_path: Path) -> None:
+    saved_run(tmp_path, 2)
+    truncate(tmp_path / "checkpoint-2" / "lr_scheduler.pth")
+    with pytest.raises(TrainingCheckpointError, match=r"every checkpoint .* is damaged"):
+        Run(init_seed=1).manager(tmp_path).resume("latest", fallback=True)

@@ -323,3 +323,28 @@ def test_optimizer_and_scheduler_state_round_trip_gives_the_identical_next_step(
     ):
         assert torch.equal(value, resumed), key
     assert scheduler.get_last_lr() == resumed_scheduler.get_last_lr()
+
+
+def test_lora_targets_that_match_no_module_are_a_config_error_naming_the_flag() -> None:
+    from types import SimpleNamespace
+
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.loaders import PeftAdapterMixin
+
+    from vidctrl.config.fields import ConfigError
+    from vidctrl.errors import UserError
+    from vidctrl.families.base import ModelFamily
+
+    class Tiny(ModelMixin, ConfigMixin, PeftAdapterMixin):
+        @register_to_config
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_q = nn.Linear(4, 4)
+
+    family = SimpleNamespace(lora_target_modules=("to_q",))
+    with pytest.raises(ConfigError, match=r"--lora_target_modules to_k: .*not found") as caught:
+        ModelFamily.add_lora(family, Tiny(), rank=2, alpha=2.0, target_modules=["to_k"], lr=1e-4)  # type: ignore[arg-type]
+    assert isinstance(caught.value, UserError)
+    groups = ModelFamily.add_lora(family, Tiny(), rank=2, alpha=2.0, target_modules=None, lr=1e-4)  # type: ignore[arg-type]
+    assert len(groups[0]["params"]) == 2  # lora_A and lora_B of to_q

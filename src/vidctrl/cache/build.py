@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from vidctrl.cache.store import (
     finished_records,
     foreign_files,
     remove_cache_files,
+    remove_damaged_files,
     remove_partial_files,
     save_tensors_atomic,
     write_json_atomic,
@@ -56,6 +57,7 @@ class CacheReport:
     total_bytes: int
     shards: list[Path]  # shards this process wrote now
     main_process: bool = True
+    repaired: list[str] = field(default_factory=list)  # damaged files found (and re-encoded), with what was wrong
 
 
 def cache_dir_of(config: Any) -> Path:
@@ -166,8 +168,12 @@ def _build_cache(config: Any, state: Any, *, shard_mib: float, family: Any) -> C
     family = family or family_for_preset(config.preset).from_config(config)
     cache_dir = cache_dir_of(config)
     fingerprint = cache_fingerprint(config, family, world_size=world)
+    repaired: list[str] = []
     if state.is_main_process:
         prepare_cache_dir(cache_dir, fingerprint)
+        repaired = remove_damaged_files(cache_dir)
+        for problem in repaired:
+            log.warning("re-encoding damaged cache file %s", problem)
     state.wait_for_everyone()
     if (cache_dir / INDEX).is_file():
         index = CacheIndex.from_json(json.loads((cache_dir / INDEX).read_text()))
@@ -215,4 +221,4 @@ def _build_cache(config: Any, state: Any, *, shard_mib: float, family: Any) -> C
     state.wait_for_everyone()
     index = CacheIndex.from_json(json.loads((cache_dir / INDEX).read_text()))
     return CacheReport(cache_dir, len(records), len(todo), len(records) - len(todo), len(index.skipped),
-                       index.total_bytes, writer.shards, state.is_main_process)
+                       index.total_bytes, writer.shards, state.is_main_process, repaired)

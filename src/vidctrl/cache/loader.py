@@ -25,7 +25,17 @@ from torch.utils.data import Dataset
 
 from vidctrl.cache.build import cache_dir_of
 from vidctrl.cache.fingerprint import cache_fingerprint, fingerprint_changes
-from vidctrl.cache.store import CONSTANTS, FINGERPRINT, INDEX, SHARDS, CacheIndex, PlannedRecord, read_tensors
+from vidctrl.cache.store import (
+    CONSTANTS,
+    FINGERPRINT,
+    INDEX,
+    SHARDS,
+    CacheError,
+    CacheIndex,
+    PlannedRecord,
+    cache_file_damage,
+    read_tensors,
+)
 from vidctrl.config.fields import ConfigError
 from vidctrl.data.dataset import SkippedSample
 from vidctrl.data.loader import ClipLoader
@@ -54,7 +64,12 @@ class CachedDataset(Dataset):
         if position in self._open:
             self._open.move_to_end(position)
             return self._open[position]
-        handle = safe_open(str(self.cache_dir / SHARDS / self.index.shards[position]), framework="pt")
+        path = self.cache_dir / SHARDS / self.index.shards[position]
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as err:  # safetensors' errors name no file
+            raise CacheError(f"cache shard {path} cannot be read ({err}); rerun `vidctrl cache` with this run's "
+                             "flags: it re-encodes damaged shards") from err
         self._open[position] = handle
         if len(self._open) > OPEN_SHARDS:
             self._open.popitem(last=False)
@@ -145,4 +160,11 @@ def open_cache(config: Any, family: Any, *, world_size: int) -> LatentCache:
         raise ConfigError(f"--load_tensors: the latent cache at {cache_dir} is incomplete (a `vidctrl cache` run did "
                           f"not finish); {rerun}: it encodes only what is missing")
     index = CacheIndex.from_json(json.loads((cache_dir / INDEX).read_text()))
+    damaged = cache_file_damage(cache_dir, index.shards)
+    if damaged:
+        more = f" and {len(damaged) - 4} more" if len(damaged) > 4 else ""
+        raise CacheError(
+            f"--load_tensors: the latent cache at {cache_dir} is damaged ({'; '.join(damaged[:4])}{more}); {rerun}: "
+            "it checks every file and re-encodes the damaged ones"
+        )
     return LatentCache(cache_dir, index, read_tensors(cache_dir / CONSTANTS))

@@ -27,6 +27,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vidctrl.errors import UserError
+from vidctrl.integrity import SHA256_KEY, digest_damage, safetensors_damage, tensor_digest
+
 FINGERPRINT = "fingerprint.json"
 CONSTANTS = "constants.safetensors"
 INDEX = "index.json"
@@ -35,7 +38,7 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{8})-(\d{8})\.safetensors$")
 SHARD_FORMAT = "vidctrl-cache-1"
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """A cache that cannot be used or written as asked (the message says what to do)."""
 
 
@@ -46,9 +49,10 @@ def write_json_atomic(path: Path, value: Any, *, indent: int | None = 1) -> None
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
-    """Write a safetensors file beside `path` and rename it into place; returns its size."""
+    """Write a safetensors file beside `path` and rename it into place; returns its size. The file's
+    metadata carries a checksum of its tensors, verified when a rerun reuses the file."""
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file(tensors, str(tmp), metadata=metadata)
+    save_file(tensors, str(tmp), metadata={**metadata, SHA256_KEY: tensor_digest(tensors)})
     os.replace(tmp, path)
     return path.stat().st_size
 
@@ -72,6 +76,40 @@ def finished_records(cache_dir: Path) -> set[int]:
             if match:
                 done.update(range(int(match.group(1)), int(match.group(2)) + 1))
     return done
+
+
+def remove_damaged_files(cache_dir: Path) -> list[str]:
+    """Check every finished shard and the constants file (framing, then the checksum written with
+    each) and delete the damaged ones, so that the run re-encodes them; returns what was wrong.
+
+    A damaged file invalidates the index too: it is removed and rebuilt once the records are back.
+    """
+    damaged: list[str] = []
+    files = [cache_dir / CONSTANTS]
+    if (cache_dir / SHARDS).is_dir():
+        files += sorted(p for p in (cache_dir / SHARDS).iterdir() if SHARD_PATTERN.match(p.name))
+    for path in files:
+        if not path.is_file():
+            continue
+        damage = digest_damage(path)
+        if damage:
+            damaged.append(f"{path}: {damage}")
+            path.unlink()
+    if damaged:
+        (cache_dir / INDEX).unlink(missing_ok=True)
+    return damaged
+
+
+def cache_file_damage(cache_dir: Path, shards: list[str]) -> list[str]:
+    """The framing check of `remove_damaged_files` (header against size; no tensor is read), for a
+    training run about to read the cache."""
+    paths = [cache_dir / CONSTANTS, *(cache_dir / SHARDS / name for name in shards)]
+    found = []
+    for path in paths:
+        damage = safetensors_damage(path) if path.is_file() else "missing"
+        if damage:
+            found.append(f"{path}: {damage}")
+    return found
 
 
 def remove_partial_files(cache_dir: Path) -> None:

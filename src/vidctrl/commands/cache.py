@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from vidctrl.errors import report_user_error
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from vidctrl.cache.build import DEFAULT_SHARD_MIB
@@ -36,7 +38,7 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         config = resolve(args)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return 2
     if args.cache_shard_mib <= 0:
         print("error: --cache_shard_mib must be positive", file=sys.stderr)
@@ -44,9 +46,11 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         report = build_cache(config, shard_mib=args.cache_shard_mib)
     except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return 1
     if report.main_process:
+        for problem in report.repaired:
+            print(f"re-encoded damaged cache file {problem}")
         print(f"cache at {report.cache_dir}: {report.records} samples ({report.encoded} encoded now, {report.reused} "
               f"already there, {report.skipped} could not be loaded), {report.total_bytes / 2**20:.1f} MiB")
     return 0

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vidctrl.config.fields import add_arguments, build, given, parse_bool
+from vidctrl.config.fields import add_arguments, build, given, int_at_least, parse_bool
 from vidctrl.data.config import DataConfig
 
 LAYOUT_CHOICES = ("videox", "dynamictrl", "controlnext", "manifest")
@@ -20,9 +20,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample = sub.add_parser("sample", help="write the built-in synthetic dataset in any layout")
     sample.add_argument("--out", type=Path, required=True, help="folder to write the dataset into")
     sample.add_argument("--layout", choices=LAYOUT_CHOICES, default="videox")
-    sample.add_argument("--num_videos", type=int, default=6)
-    sample.add_argument("--num_images", type=int, default=2)
-    sample.add_argument("--sample_seed", type=int, default=0, help="seed of the synthetic content")
+    sample.add_argument("--num_videos", type=int_at_least(0), default=6)
+    sample.add_argument("--num_images", type=int_at_least(0), default=2)
+    sample.add_argument("--sample_seed", type=int_at_least(0), default=0, help="seed of the synthetic content")
     sample.set_defaults(func=run_sample)
 
     check = sub.add_parser(
@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_arguments(check, DataConfig, group_title="data (the same flags as training)")
     check.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    check.add_argument("--workers", type=int, default=None, help="processes that inspect samples")
+    check.add_argument("--workers", type=int_at_least(1), default=None, help="processes that inspect samples")
     check.add_argument("--require_captions", type=_bool_or_auto, default="auto",
                        help="missing captions: true reports them as errors; auto (the default) as warnings, "
                        "since training trains them with an empty caption, and not at all for ControlNeXt "
@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--to", dest="to_layout", choices=LAYOUT_CHOICES, required=True)
     convert.add_argument("--out", type=Path, required=True, help="output folder (or .jsonl path for --to manifest)")
     convert.add_argument("--copy", action="store_true", help="copy media instead of symlinking (DynamiCtrl layout)")
-    convert.add_argument("--workers", type=int, default=None)
+    convert.add_argument("--workers", type=int_at_least(1), default=None)
     convert.set_defaults(func=run_convert)
 
     from vidctrl.prepare.config import PrepareConfig

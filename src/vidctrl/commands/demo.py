@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vidctrl.config.fields import int_at_least
+
 PRESET = "wan2.1-fun-control-v1.1"
 
 
@@ -22,8 +24,8 @@ def register(commands: argparse._SubParsersAction, run_command: Callable[[list[s
     that this module does not import the CLI that imports it)."""
     demo = commands.add_parser("demo", help="train a tiny pose-control model on built-in data, end to end")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for everything the demo writes")
-    demo.add_argument("--steps", type=int, default=100, help="optimizer steps (half before the resume, half after)")
-    demo.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    demo.add_argument("--steps", type=int_at_least(2), default=100, help="optimizer steps (half before the resume, half after)")
+    demo.add_argument("--workers", type=int_at_least(0), default=1, help="DataLoader worker processes")
     demo.set_defaults(func=run_demo, run_command=run_command)
 
 

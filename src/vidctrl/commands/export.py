@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vidctrl.errors import report_user_error
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="export a checkpoint as a model folder (bf16 safetensors)")
@@ -46,7 +48,7 @@ def run_zero_to_bf16(args: argparse.Namespace) -> int:
     try:
         written = export_bf16(args.checkpoint, args.out, max_shard_size=args.max_shard_size)
     except (ExportError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return 1
     for path in written:
         print(path)

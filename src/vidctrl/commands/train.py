@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from vidctrl.errors import report_user_error
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from vidctrl.config.train import build_parser
@@ -30,7 +32,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = resolve(args)
     except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return 2
     try:
         result = train(config)
@@ -38,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"vidctrl: {stopped}", file=sys.stderr)
         return stopped.exit_code
     except (ConfigError, TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_error(exc)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
         print(f"trained {result.global_step} steps; output in {result.output_dir}")

@@ -10,19 +10,67 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import math
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from vidctrl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration the run cannot honour; the message says why and what to do."""
 
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: inclusive `min`/`max`, exclusive `gt`/`lt`.
+
+    Every float must also be finite (NaN and inf are never a setting). A field declared without
+    bounds still gets the finiteness rule, so a field nobody listed is covered too.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return any(v is not None for v in (self.min, self.max, self.gt, self.lt))
+
+    def describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {_number(self.min)}")
+        if self.gt is not None:
+            parts.append(f"> {_number(self.gt)}")
+        if self.max is not None:
+            parts.append(f"<= {_number(self.max)}")
+        if self.lt is not None:
+            parts.append(f"< {_number(self.lt)}")
+        return " and ".join(parts)
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not (
+            (self.min is not None and value < self.min)
+            or (self.gt is not None and value <= self.gt)
+            or (self.max is not None and value > self.max)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def option(
@@ -31,12 +79,67 @@ def option(
     help: str,
     flags: Iterable[str] = (),
     default_factory: Any = dataclasses.MISSING,
+    min: float | None = None,
+    max: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
 ) -> Any:
-    """A dataclass field with help text and extra flag spellings (`--field_name` is always one)."""
-    metadata = {"help": help, "flags": tuple(flags)}
+    """A dataclass field with help text, extra flag spellings (`--field_name` is always one) and,
+    for numbers (or lists of numbers), the range of values it accepts (see `Range`)."""
+    metadata = {"help": help, "flags": tuple(flags), "range": Range(min=min, max=max, gt=gt, lt=lt)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def range_of(f: dataclasses.Field) -> Range:
+    return f.metadata.get("range") or Range()
+
+
+def check_ranges(section: Any) -> None:
+    """Refuse a numeric value outside its field's declared range, naming the flag and the range.
+
+    Called when a config is built, before anything loads, so that `--checkpointing_steps 0` or
+    `--learning_rate nan` fails in the first second and not after the model loaded.
+    """
+    hints = type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if value is None:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        integer = tp is int or (get_origin(tp) in (list, tuple) and int in get_args(tp))
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            allowed = range_of(f)
+            if not allowed.admits(item):
+                spelled = " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+                aliases = flags_of(f)[1:]
+                also = f" (also spelled {', '.join(aliases)})" if aliases else ""
+                rule = " ".join(filter(None, ["an integer" if integer else "a finite number", allowed.describe()]))
+                which = f": {item}" if isinstance(value, (list, tuple)) else ""
+                raise ConfigError(
+                    f"{flags_of(f)[0]} {spelled}{also}{which} is out of range; it must be {rule} "
+                    f"[{f.metadata.get('help', f.name)}]"
+                )
+
+
+def int_at_least(minimum: int) -> Any:
+    """An argparse `type` for a plain command option (not a config field) with a lower bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -49,6 +152,12 @@ def parse_bool(text: str | bool) -> bool:
     if lowered in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+@functools.cache
+def type_hints(section: type) -> dict[str, Any]:
+    """`typing.get_type_hints`, once per section class (it evaluates every annotation string)."""
+    return typing.get_type_hints(section)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -102,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser, section: type, *, group_title
     Defaults are left as `argparse.SUPPRESS` so that `from_namespace` can tell a flag the user
     typed from a default (presets and YAML files fill in what the user did not type).
     """
-    hints = typing.get_type_hints(section)
+    hints = type_hints(section)
     target = parser.add_argument_group(group_title) if group_title else parser
     for f in dataclasses.fields(section):
         kwargs = argument_kwargs(f, hints[f.name])
@@ -128,7 +237,7 @@ def given(namespace: argparse.Namespace, section: type) -> dict[str, Any]:
 
 def coerce(section: type, values: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Type-check and convert raw values (from YAML or a preset) to the section's field types."""
-    hints = typing.get_type_hints(section)
+    hints = type_hints(section)
     known = {f.name: f for f in dataclasses.fields(section)}
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -177,4 +286,6 @@ def build(section: type, *layers: dict[str, Any]) -> Any:
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-    return section(**merged)
+    built = section(**merged)
+    check_ranges(built)
+    return built

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from vidctrl.config.checks import check_cross_fields, check_train_config
 from vidctrl.config.fields import ConfigError, add_arguments, coerce, flags_of, given
 from vidctrl.config.refusals import refuse_unhonoured
 from vidctrl.config.sections import ModelConfig, ObjectiveConfig, OptimConfig, RunConfig, ValidationConfig
@@ -240,6 +241,7 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
             raise ConfigError(str(exc)) from None
     sections["model"].preset = preset
     config = TrainConfig(**sections, family=options, preset=preset)
+    check_train_config(config, family)  # every flag's range, before anything loads
     refuse_unhonoured(config)
     try:
         family.validate_config(config)
@@ -247,6 +249,7 @@ def resolve(namespace: argparse.Namespace) -> TrainConfig:
         if preset in str(err):
             raise
         raise ConfigError(f"preset {preset}: {err}") from None
+    check_cross_fields(config, family)
     return config
 
 

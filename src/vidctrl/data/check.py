@@ -7,6 +7,7 @@ becomes one `Problem` line naming its file; the check itself never crashes on ba
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -63,6 +64,19 @@ class Inspection:
         return out
 
 
+def missing_reason(path: str | os.PathLike[str]) -> str:
+    """Why `os.path.exists(path)` is false, in words: a symlink loop and a link to nothing are named
+    as such, so that the user looks at the link, not for a missing file."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symlink loop (it links back to itself)"
+            return f"is a broken symlink (it points to {os.readlink(path)}, which does not exist)"
+    return "does not exist"
+
+
 def _problem(index: int, record: Record, message: str, code: str, fix: str, *, file: str | None = None,
              severity: str = "error") -> Problem:
     return Problem(
@@ -73,7 +87,7 @@ def _problem(index: int, record: Record, message: str, code: str, fix: str, *, f
 def _probe(index: int, record: Record, path: str, role: str, deep: bool, out: list[Problem]) -> MediaInfo | None:
     if not os.path.exists(path):
         out.append(
-            _problem(index, record, f"{role} file {path} does not exist", "missing_file",
+            _problem(index, record, f"{role} file {path} {missing_reason(path)}", "missing_file",
                      "fix the path in the metadata or remove the entry", file=path)
         )
         return None
@@ -220,7 +234,7 @@ def _check_camera(index: int, record: Record, target: MediaInfo | None, problems
     path = record.camera
     assert path is not None
     if not os.path.exists(path):
-        problems.append(_problem(index, record, f"camera file {path} does not exist", "missing_file",
+        problems.append(_problem(index, record, f"camera file {path} {missing_reason(path)}", "missing_file",
                                  "fix control_file_path or remove the entry", file=path))
         return
     try:
@@ -241,6 +255,10 @@ def _check_meta_info(index: int, record: Record, target: MediaInfo | None, probl
     path = record.meta_info
     assert path is not None
     fix = "regenerate it with `vidctrl data prepare` or remove meta_info from the entry"
+    if not os.path.exists(path):
+        problems.append(_problem(index, record, f"meta_info file {path} {missing_reason(path)}", "missing_file", fix,
+                                 file=path))
+        return
     try:
         entries = load_frame_meta(path)
     except DataError as exc:

@@ -48,48 +48,65 @@ class DataConfig:
         "controlnext (interval_frame); default follows the data source",
     )
     video_sample_n_frames: int = option(
-        49, help="frames per training clip", flags=["--sample_n_frames", "--max_num_frames"]
+        49, help="frames per training clip", flags=["--sample_n_frames", "--max_num_frames"],
+        min=1,
     )
-    video_sample_stride: int = option(4, help="step between sampled frames")
+    video_sample_stride: int = option(4, help="step between sampled frames", min=1)
     interval_frame: int | None = option(
         None, help="ControlNeXt: step between sampled frames, 0 = random 2-7 per clip (default 1; controlnext "
-        "frame sampling only: elsewhere --video_sample_stride is the step)"
+        "frame sampling only: elsewhere --video_sample_stride is the step)", min=0,
     )
     # VideoX-Fun's ImageVideoControlDataset default since 3403651 (2026-04-16); docs/data-semantics.md
-    video_length_drop_start: float = option(0.0, help="fraction of each video skipped at the start")
-    video_length_drop_end: float = option(1.0, help="fraction of each video after which frames are skipped")
+    video_length_drop_start: float = option(
+        0.0, help="fraction of each video skipped at the start", min=0, lt=1
+    )
+    video_length_drop_end: float = option(
+        1.0, help="fraction of each video after which frames are skipped", gt=0, max=1
+    )
     random_frame_crop: bool = option(
         False, help="randomly shorten clips to simulate videos of different lengths"
     )
-    video_repeat: int = option(0, help="repeat every video record this many times per epoch (0 = once)")
+    video_repeat: int = option(
+        0, help="repeat every video record this many times per epoch (0 = once)", min=0
+    )
     control_frame_policy: ControlFramePolicy = option(
         "error",
         help="a control whose frame count or fps differs from the target: error, or resample it by time",
     )
 
     # --- sizes and buckets ------------------------------------------------------------------
-    image_sample_size: int = option(512, help="largest side of training images (and token-length sizes)")
-    video_sample_size: int = option(512, help="side of training videos (smallest token-length size)")
-    token_sample_size: int = option(512, help="side whose square times n_frames sets the token budget")
+    image_sample_size: int = option(
+        512, help="largest side of training images (and token-length sizes)", min=16
+    )
+    video_sample_size: int = option(512, help="side of training videos (smallest token-length size)", min=16)
+    token_sample_size: int = option(
+        512, help="side whose square times n_frames sets the token budget", min=16
+    )
     fix_sample_size: list[int] | None = option(
-        None, help="train at exactly HEIGHT WIDTH, no buckets"
+        None, help="train at exactly HEIGHT WIDTH, no buckets",
+        min=16,
     )
     height: int | None = option(
-        None, help="fixed training height (ControlNeXt); with DynamiCtrl's size buckets, the validation height"
+        None, help="fixed training height (ControlNeXt); with DynamiCtrl's size buckets, the validation height",
+        min=16,
     )
     width: int | None = option(
-        None, help="fixed training width (ControlNeXt); with DynamiCtrl's size buckets, the validation width"
+        None, help="fixed training width (ControlNeXt); with DynamiCtrl's size buckets, the validation width",
+        min=16,
     )
     height_buckets: list[int] | None = option(
         None, help="DynamiCtrl: training heights; each video is stretched to the (height, width) bucket pair "
-        "nearest its size in |dh| + |dw| (dynamictrl frame sampling only)"
+        "nearest its size in |dh| + |dw| (dynamictrl frame sampling only)",
+        min=16,
     )
     width_buckets: list[int] | None = option(
-        None, help="DynamiCtrl: training widths (see --height_buckets)"
+        None, help="DynamiCtrl: training widths (see --height_buckets)",
+        min=16,
     )
     frame_buckets: list[int] | None = option(
         None, help="DynamiCtrl: clip lengths; each video gives the bucket nearest min(its length, "
-        "--max_num_frames) (dynamictrl frame sampling only; default: --max_num_frames)"
+        "--max_num_frames) (dynamictrl frame sampling only; default: --max_num_frames)",
+        min=1,
     )
     enable_bucket: bool = option(False, help="group samples into aspect-ratio buckets instead of cropping")
     random_hw_adapt: bool = option(False, help="draw each batch's size between the sample sizes")
@@ -106,9 +123,11 @@ class DataConfig:
     )
 
     # --- batches ----------------------------------------------------------------------------
-    train_batch_size: int = option(1, help="samples per batch per process", flags=["--per_gpu_batch_size"])
-    dataloader_num_workers: int = option(0, help="DataLoader worker processes that decode clips")
-    seed: int | None = option(None, help="seed for sampling, shuffling and noise")
+    train_batch_size: int = option(
+        1, help="samples per batch per process", flags=["--per_gpu_batch_size"], min=1
+    )
+    dataloader_num_workers: int = option(0, help="DataLoader worker processes that decode clips", min=0)
+    seed: int | None = option(None, help="seed for sampling, shuffling and noise", min=0, max=2**32 - 1)
     bad_sample_policy: BadSamplePolicy = option(
         "lenient",
         help="a sample that fails to load: lenient skips it and counts it in the log, strict stops training",

@@ -52,6 +52,12 @@ def load_manifest(config: DataConfig, *, workers: int | None = None, hand_boxes:
     from vidctrl.data.layouts import load_dataset
 
     imported = load_dataset(config)
+    # A caption that is not text (a number, a list) is the per-sample error `data check` reports, not a
+    # crash when the manifest table is built.
+    from vidctrl.data.check import record_problems
+
+    imported.problems.extend(p for p in record_problems(imported.records, require_captions=False)
+                             if p.code == "caption_not_text")
     strict = config.bad_sample_policy == "strict"
     import_errors = [p for p in imported.problems if p.severity == "error"]
     if (strict and import_errors) or any(p.sample is None for p in import_errors):

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vidctrl.errors import UserError
+
 MediaKind = Literal["video", "image"]
 Severity = Literal["error", "warning"]
 
@@ -95,7 +97,7 @@ class Problem:
         return dataclasses.asdict(self)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem that stops the run; its text names the file, the sample and the fix."""
 
     def __init__(self, problem: Problem | str) -> None:

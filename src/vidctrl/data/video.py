@@ -23,6 +23,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vidctrl.errors import UserError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 # Default keyframe interval assumed, in seconds of video, until a decode shows the real one: it
@@ -48,7 +50,7 @@ _REENCODE = (
 )
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """A media file that cannot be used as it is: `reason` says what is wrong, `fix` what to do.
 
     The message reads "<path>: <reason>; <fix>".

@@ -319,10 +319,15 @@ class ModelFamily(ABC):
 
         model.requires_grad_(False)
         targets = target_modules or list(self.lora_target_modules)
-        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True))  # type: ignore[operator]
+        from vidctrl.config.fields import ConfigError
+
+        try:
+            model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=True))  # type: ignore[operator]
+        except ValueError as exc:  # peft: "Target modules ... not found in the base model"
+            raise ConfigError(f"--lora_target_modules {' '.join(targets)}: {exc}") from None
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError(f"no module of the model matches the LoRA targets {targets}")
+            raise ConfigError(f"--lora_target_modules {' '.join(targets)}: no module of the model matches")
         return [{"params": params, "lr": lr}]
 
     #: module names that get LoRA adapters by default

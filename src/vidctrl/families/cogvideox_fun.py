@@ -70,9 +70,10 @@ def validation_inputs(config: Any, mode: str) -> tuple[list[str], list[str], lis
 class CogVideoXFunOptions:
     """Flags only CogVideoX-Fun honours."""
 
-    tokenizer_max_length: int = option(226, help="text tokens (T5)")
+    tokenizer_max_length: int = option(226, help="text tokens (T5)", min=1)
     text_dropout: float = option(
-        0.1, help="probability of training a sample on the empty prompt (VideoX-Fun's text_drop_ratio)"
+        0.1, help="probability of training a sample on the empty prompt (VideoX-Fun's text_drop_ratio)",
+        min=0, max=1,
     )
     inpaint_mask_distribution: Literal["videox_fun", "cogvideox_fun"] = option(
         "videox_fun", help="random inpaint masks: VideoX-Fun's ten kinds or the original CogVideoX-Fun's five"

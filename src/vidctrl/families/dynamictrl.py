@@ -52,7 +52,8 @@ class DynamiCtrlOptions:
     )
     id_token: str | None = option(None, help="token put (with a space) in front of every training caption")
     noised_image_dropout: float = option(
-        0.05, help="probability of zeroing a sample's reference latent (image condition dropout)"
+        0.05, help="probability of zeroing a sample's reference latent (image condition dropout)",
+        min=0, max=1,
     )
     padaln_zero_init: bool = option(
         False, help="when PadaLN layers are added to a CogVideoX1.5-I2V base, zero them so that training starts "

@@ -42,13 +42,25 @@ class WanFunOptions:
     add_full_ref_image_in_self_attention: bool = option(
         False, help="V1.1: prepend the reference image's tokens to self-attention"
     )
-    flow_shift: float = option(5.0, help="shift of the flow-matching schedule (the seed YAML's scheduler shift)")
-    tokenizer_max_length: int = option(512, help="text tokens (UMT5)")
-    control_dropout: float = option(0.1, help="probability of zeroing a sample's control latents")
-    reference_dropout: float = option(0.1, help="probability of zeroing a sample's reference latent")
-    clip_dropout: float = option(0.1, help="probability of zeroing a sample's CLIP image features")
-    text_dropout: float = option(0.1, help="probability of training a sample on the empty prompt")
-    full_ref_dropout: float = option(0.1, help="probability of zeroing a sample's full-reference tokens")
+    flow_shift: float = option(
+        5.0, help="shift of the flow-matching schedule (the seed YAML's scheduler shift)", gt=0
+    )
+    tokenizer_max_length: int = option(512, help="text tokens (UMT5)", min=1)
+    control_dropout: float = option(
+        0.1, help="probability of zeroing a sample's control latents", min=0, max=1
+    )
+    reference_dropout: float = option(
+        0.1, help="probability of zeroing a sample's reference latent", min=0, max=1
+    )
+    clip_dropout: float = option(
+        0.1, help="probability of zeroing a sample's CLIP image features", min=0, max=1
+    )
+    text_dropout: float = option(
+        0.1, help="probability of training a sample on the empty prompt", min=0, max=1
+    )
+    full_ref_dropout: float = option(
+        0.1, help="probability of zeroing a sample's full-reference tokens", min=0, max=1
+    )
     negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
     validation_start_images: list[str] | None = option(
         None, help="validation: first-frame images, one per prompt, for the frame-0 slot (VideoX-Fun's start_image); "

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vidctrl.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
@@ -53,7 +55,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 _MAX_HEADER_BYTES = 256 * 1024 * 1024  # a header beyond this is a corrupt or foreign file
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be read as a flat name -> tensor mapping."""
 
 
@@ -591,7 +593,7 @@ class LoadReport:
         return "\n".join(lines)
 
 
-class StrictLoadError(ValueError):
+class StrictLoadError(UserError, ValueError):
     """A checkpoint that does not match its model key for key and shape for shape."""
 
     def __init__(self, report: LoadReport) -> None:

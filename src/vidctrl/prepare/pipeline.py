@@ -162,8 +162,15 @@ class PrepareReport:
 # --------------------------------------------------------------------------------------------------
 
 
-def find_videos(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
-    """Video files under `root` (recursively, hidden folders skipped), sorted, as (path, relative)."""
+def find_videos(
+    root: str | os.PathLike[str], *, unusable: list[tuple[str, str]] | None = None
+) -> list[tuple[Path, str]]:
+    """Video files under `root` (recursively, hidden folders skipped), sorted, as (path, relative).
+
+    An entry that leads nowhere (a symlink loop, a link to a missing file) is left out and, with
+    `unusable`, listed there as (path, reason), so that one bad link does not stop the others."""
+    from vidctrl.data.check import missing_reason
+
     root = Path(root)
     found = []
     for folder, dirs, files in os.walk(root):
@@ -171,7 +178,13 @@ def find_videos(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
         for name in sorted(files):
             path = Path(folder) / name
             if path.suffix.lower() in VIDEO_SUFFIXES and not name.startswith("."):
-                found.append((path.resolve(), path.relative_to(root).as_posix()))
+                try:
+                    resolved = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
+                    if unusable is not None:
+                        unusable.append((str(path), f"{missing_reason(path)}; skipped"))
+                    continue
+                found.append((resolved, path.relative_to(root).as_posix()))
     return sorted(found, key=lambda item: item[1])
 
 
@@ -687,7 +700,8 @@ def _prepare(config: PrepareConfig, videos: Path, out: Path, *, progress: bool, 
     detector, pose_model = model_files(
         config.pose_model_dir, detector=config.det_model, pose=config.pose_model
     )
-    sources = find_videos(videos)
+    unusable: list[tuple[str, str]] = []
+    sources = find_videos(videos, unusable=unusable)
     if not sources:
         raise PrepareError(
             Problem(
@@ -740,6 +754,7 @@ def _prepare(config: PrepareConfig, videos: Path, out: Path, *, progress: bool, 
     results = _run_jobs(jobs, config.workers, progress)
 
     report = PrepareReport(layout_path=None, records=[])
+    report.failed.extend(unusable)
     clips: list[ClipResult] = []
     for result in results:
         if result.error is not None:

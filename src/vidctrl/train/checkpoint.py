@@ -47,6 +47,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import vidctrl
+from vidctrl.errors import UserError
+from vidctrl.integrity import safetensors_damage
 from vidctrl.train.rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED_NAMES = {MARKER_FILE, SAMPLER_FILE, ENGINE_STATE_DIR}
 
 
-class TrainingCheckpointError(RuntimeError):
+class TrainingCheckpointError(UserError, RuntimeError):
     """A training checkpoint could not be written, found or read."""
 
 
@@ -152,7 +154,7 @@ def lora_weights(model: nn.Module, adapter_name: str = "default") -> WeightsIO:
         file = folder / PEFT_WEIGHTS_FILE
         if not file.is_file():
             raise TrainingCheckpointError(f"{folder} has no {PEFT_WEIGHTS_FILE}")
-        state = load_file(str(file), device="cpu")
+        state = _load_safetensors(file)
         expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
         _check_keys(file, expected, set(state))
         set_peft_model_state_dict(model, state, adapter_name=adapter_name)
@@ -172,14 +174,14 @@ def load_safetensors_into(
     if single.is_file():
         shards = [single]
     elif index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        weight_map: dict[str, str] = _read_json(index, "the shard index")["weight_map"]
         shards = [folder / name for name in sorted(set(weight_map.values()))]
     else:
         raise TrainingCheckpointError(f"{folder} has neither {single.name} nor {index.name}")
     shapes = {key: tuple(value.shape) for key, value in module.state_dict().items()}
     seen: set[str] = set()
     for shard in shards:
-        state = load_file(str(shard), device="cpu")
+        state = _load_safetensors(shard)
         _check_keys(shard, set(shapes), set(state), require_all=False)
         wrong = [
             f"{key} {tuple(value.shape)} vs model {shapes[key]}"
@@ -351,19 +353,18 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1].path if found else None
 
-    def resolve(self, resume_from_checkpoint: str | Path | None) -> Path | None:
+    def resolve(self, resume_from_checkpoint: str | Path | None, *, fallback: bool = False) -> Path | None:
         """The checkpoint to resume from: ``None`` -> fresh start; ``"latest"`` -> the newest
         complete checkpoint, or a fresh start (logged) when there is none; otherwise a path,
-        taken as given or, as the seeds allow, as a name inside ``output_dir``."""
+        taken as given or, as the seeds allow, as a name inside ``output_dir``.
+
+        A checkpoint with a damaged file (see :func:`find_damage`) is refused naming the file; for
+        ``latest`` the error offers the previous sound checkpoint, and ``fallback`` (the
+        ``--resume_fallback`` flag) resumes from it with a warning instead."""
         if resume_from_checkpoint is None or str(resume_from_checkpoint) == "":
             return None
         if str(resume_from_checkpoint) == RESUME_LATEST:
-            path = self.latest()
-            if path is None:
-                logger.info(
-                    "resume_from_checkpoint latest: no checkpoint in %s, starting a new run", self.output_dir
-                )
-            return path
+            return self._latest_sound(fallback)
         given = Path(resume_from_checkpoint).expanduser()
         candidates = [given] if given.is_absolute() else [given, self.output_dir / given]
         for path in candidates:
@@ -373,13 +374,18 @@ class CheckpointManager:
                         f"resume_from_checkpoint {path} is not a complete vidctrl checkpoint (no {MARKER_FILE}); "
                         "it may be from an interrupted save or another trainer"
                     )
+                damage = find_damage(path)
+                if damage:
+                    raise TrainingCheckpointError(
+                        f"resume_from_checkpoint {path} is damaged: {damage}. Resume from an earlier checkpoint"
+                    )
                 return path
         raise TrainingCheckpointError(
             f"resume_from_checkpoint {resume_from_checkpoint} does not exist "
             f"(looked at {', '.join(str(path) for path in candidates)})"
         )
 
-    def resume(self, resume_from_checkpoint: str | Path | None) -> ResumeState | None:
+    def resume(self, resume_from_checkpoint: str | Path | None, *, fallback: bool = False) -> ResumeState | None:
         """:meth:`resolve` then :meth:`load`; None for a fresh start. Call on every rank together.
 
         The main process resolves (``latest`` included) and every rank loads the checkpoint it
@@ -389,7 +395,7 @@ class CheckpointManager:
         choice: tuple[str, Any] | None = None
         if self.is_main_process:
             try:
-                path = self.resolve(resume_from_checkpoint)
+                path = self.resolve(resume_from_checkpoint, fallback=fallback)
                 choice = ("none", None) if path is None else ("path", (str(path), _step_of(path)))
             except TrainingCheckpointError as err:
                 choice = ("error", str(err))
@@ -421,6 +427,32 @@ class CheckpointManager:
                     "one shared folder, mounted on every machine"
                 )
             time.sleep(min(1.0, self.visibility_timeout_s / 20))
+
+    def _latest_sound(self, fallback: bool) -> Path | None:
+        """The newest complete checkpoint, checked for damaged files; see :meth:`resolve`."""
+        found = self.checkpoints()
+        if not found:
+            logger.info("resume_from_checkpoint latest: no checkpoint in %s, starting a new run", self.output_dir)
+            return None
+        damaged: list[str] = []
+        for info in reversed(found):
+            damage = find_damage(info.path)
+            if damage is None:
+                if damaged and not fallback:
+                    raise TrainingCheckpointError(
+                        f"resume_from_checkpoint latest: the newest checkpoint is damaged ({'; '.join(damaged)}). "
+                        f"The previous complete one is {info.path}: resume with --resume_from_checkpoint "
+                        f"{info.path.name}, or pass --resume_fallback to fall back to it automatically"
+                    )
+                if damaged:
+                    logger.warning("resume_from_checkpoint latest: skipping damaged %s; resuming from %s "
+                                   "(--resume_fallback)", "; ".join(damaged), info.path)
+                return info.path
+            damaged.append(f"{info.path.name}: {damage}")
+        raise TrainingCheckpointError(
+            f"resume_from_checkpoint latest: every checkpoint in {self.output_dir} is damaged ({'; '.join(damaged)}); "
+            "start a new run in another --output_dir, or remove them"
+        )
 
     # ---- saving ----------------------------------------------------------------------------
 
@@ -616,6 +648,12 @@ class CheckpointManager:
         """
         path = Path(checkpoint)
         trainer_state = read_trainer_state(path)
+        try:
+            step, epoch = int(trainer_state["step"]), int(trainer_state["epoch"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise TrainingCheckpointError(
+                f"{path / MARKER_FILE} has no valid step and epoch ({err!r}); resume from an earlier checkpoint"
+            ) from err
         if trainer_state.get("format") != CHECKPOINT_FORMAT:
             raise TrainingCheckpointError(
                 f"{path} has checkpoint format {trainer_state.get('format')!r}; "
@@ -646,7 +684,7 @@ class CheckpointManager:
         sampler_file = path / SAMPLER_FILE
         if not sampler_file.is_file():
             raise TrainingCheckpointError(f"{path} has no {SAMPLER_FILE}")
-        sampler_state = json.loads(sampler_file.read_text())
+        sampler_state = _read_json(sampler_file, "the data sampler's position")
 
         rng_file = path / f"rng_state_{self.process_index}.pth"
         if not rng_file.is_file():
@@ -659,13 +697,11 @@ class CheckpointManager:
         except ValueError as err:
             raise TrainingCheckpointError(f"{rng_file}: {err}") from err
 
-        logger.info(
-            "resumed from %s (step %s, epoch %s)", path, trainer_state["step"], trainer_state["epoch"]
-        )
+        logger.info("resumed from %s (step %s, epoch %s)", path, step, epoch)
         return ResumeState(
             path=path,
-            step=int(trainer_state["step"]),
-            epoch=int(trainer_state["epoch"]),
+            step=step,
+            epoch=epoch,
             sampler_state=sampler_state,
             trainer_state=trainer_state,
         )
@@ -690,10 +726,63 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     marker = Path(path) / MARKER_FILE
     if not marker.is_file():
         raise TrainingCheckpointError(f"{path} is not a complete vidctrl checkpoint (no {MARKER_FILE})")
+    return _read_json(marker, "the checkpoint's step, epoch and format")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; a damaged file is an error naming it."""
     try:
-        return json.loads(marker.read_text())
-    except json.JSONDecodeError as err:
-        raise TrainingCheckpointError(f"{marker} is not valid JSON: {err}") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingCheckpointError(f"{path.parent} has no {path.name} ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TrainingCheckpointError(
+            f"{path} ({what}) is not valid JSON: {err}; the file is damaged, resume from an earlier checkpoint"
+        ) from err
+    if not isinstance(data, dict):
+        raise TrainingCheckpointError(f"{path} ({what}) must hold a JSON object; the file is damaged")
+    return data
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """`load_file` whose errors name the file (safetensors' own say only "incomplete metadata")."""
+    if not path.is_file():
+        raise TrainingCheckpointError(f"{path.parent} has no {path.name}")
+    damage = safetensors_damage(path)
+    if damage:
+        raise TrainingCheckpointError(f"{path} is damaged: {damage}; resume from an earlier checkpoint")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # SafetensorError names no file
+        raise TrainingCheckpointError(f"{path} cannot be read as safetensors: {err}") from err
+
+
+def find_damage(checkpoint: Path) -> str | None:
+    """The first damaged file of a checkpoint folder, described (None: every file looks whole).
+
+    Cheap enough for every rank at every resume, at any model size: JSON files are parsed,
+    .safetensors files are checked header against size, torch files (zip archives since torch 1.6)
+    must end in their zip directory. The tensors themselves are not read.
+    """
+    import zipfile
+
+    for folder, _dirs, files in sorted(os.walk(checkpoint)):
+        for name in sorted(files):
+            file = Path(folder) / name
+            what: str | None = None
+            if name.endswith(".safetensors"):
+                what = safetensors_damage(file)
+            elif name.endswith((".pth", ".pt")):
+                if not zipfile.is_zipfile(file):
+                    what = "not a complete torch file (truncated or damaged)"
+            elif name.endswith(".json"):
+                try:
+                    json.loads(file.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    what = "not valid JSON (truncated or damaged)"
+            if what:
+                return f"{file.relative_to(checkpoint.parent)}: {what}"
+    return None
 
 
 def _json_data(value: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -730,7 +819,8 @@ def _torch_load(path: Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise TrainingCheckpointError(
-            f"cannot read {path} ({what}) as plain tensors and numbers (weights_only): {err}"
+            f"cannot read {path} ({what}) as plain tensors and numbers (weights_only): {err}. If the file was "
+            "truncated or damaged, resume from an earlier checkpoint"
         ) from err
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vidctrl.train.checkpoint import DIFFUSERS_WEIGHTS_NAME, ENGINE_STATE_DIR, MARKER_FILE
+from vidctrl.errors import UserError
+from vidctrl.train.checkpoint import DIFFUSERS_WEIGHTS_NAME, ENGINE_STATE_DIR, MARKER_FILE, find_damage
 from vidctrl.train.sharded_state import (
     FSDP_DIR,
     ShardedStateError,
@@ -37,7 +38,7 @@ _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported; the message says what is missing."""
 
 
@@ -143,6 +144,9 @@ def export_bf16(checkpoint: str | Path, out: str | Path, *, max_shard_size: str 
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_dir():
         raise ExportError(f"checkpoint {checkpoint} does not exist")
+    damage = find_damage(checkpoint)
+    if damage:  # safetensors and torch errors on a truncated file name no file
+        raise ExportError(f"checkpoint {checkpoint} is damaged: {damage}; export an earlier checkpoint")
     try:
         state, source = read_full_state(checkpoint)
     except ShardedStateError as err:

@@ -32,6 +32,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vidctrl.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "adamw8bit", "adam8bit", "came", "prodigy")
@@ -50,7 +52,7 @@ CAME_BETAS: tuple[float, float, float] = (0.9, 0.999, 0.9999)
 CAME_EPS: tuple[float, float] = (1e-30, 1e-16)
 
 
-class TrainableModulesError(ValueError):
+class TrainableModulesError(UserError, ValueError):
     """A ``--trainable_modules*`` substring selects nothing (a typo, or shadowed by the other list)."""
 
 

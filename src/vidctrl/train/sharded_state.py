@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vidctrl.errors import UserError
+
 DEEPSPEED_TAG = "deepspeed"
 FSDP_DIR = "fsdp"
 FSDP_META = "fsdp.json"
@@ -37,7 +39,7 @@ _DEEPSPEED_SAFE_GLOBALS = (
 )
 
 
-class ShardedStateError(RuntimeError):
+class ShardedStateError(UserError, RuntimeError):
     """Sharded training state is missing, incomplete or from another run layout."""
 
 

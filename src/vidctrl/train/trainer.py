@@ -25,14 +25,17 @@ from pathlib import Path
 import torch
 
 from vidctrl.cache.loader import open_cache
+from vidctrl.config.checks import check_input_files
 from vidctrl.config.refusals import optimizer_name
 from vidctrl.config.train import ConfigError, TrainConfig
 from vidctrl.data.loader import build_loader, load_manifest
+from vidctrl.errors import UserError
 from vidctrl.families import family_for_preset
 from vidctrl.families.base import ModelFamily
 from vidctrl.run_lock import hold_folder, main_process_value
 from vidctrl.train import distributed
 from vidctrl.train.checkpoint import (
+    SAMPLER_FILE,
     CheckpointManager,
     TrainingCheckpointError,
     estimate_checkpoint_bytes,
@@ -55,8 +58,10 @@ from vidctrl.train.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on; the message names the step and the samples involved."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -119,6 +124,7 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
     from accelerate.utils import ProjectConfiguration, set_seed
 
     run, optim, model_config = config.run, config.optim, config.model
+    check_input_files(config)  # validation inputs exist now, not at the first validation hours in
     output_dir = Path(run.output_dir)
     log_with = None if run.report_to == "none" else run.report_to
     plan = distributed.read_launch()
@@ -253,13 +259,16 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
     refusal = main_process_value(refusal)
     if refusal is not None:
         raise ConfigError(refusal)
-    resumed = checkpoints.resume(run.resume_from_checkpoint)
+    resumed = checkpoints.resume(run.resume_from_checkpoint, fallback=run.resume_fallback)
     if resumed is not None:
         # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
         report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step,
                        main_process=accelerator.is_main_process)
         apply_hyperparameters(optimizer, scheduler, fresh_hyperparameters)
-        loader.load_state_dict(resumed.sampler_state)
+        try:
+            loader.load_state_dict(resumed.sampler_state)
+        except ValueError as err:  # the data order the checkpoint continues cannot be rebuilt
+            raise TrainingCheckpointError(f"{resumed.path / SAMPLER_FILE}: {err}") from err
         global_step = resumed.step
         log.info("resumed from %s at step %d (epoch %d)", resumed.path, resumed.step, resumed.epoch)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vidctrl.config.fields import ConfigError
 from vidctrl.families.base import ValidationSample
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def control_samples(config: TrainConfig, height: int, width: int, frames: int, *
     controls, images, starts = v.validation_control_videos or [], v.validation_images or [], start_images or []
     if not prompts or len(controls) != len(prompts) or any(len(x) not in (0, len(prompts)) for x in (images, starts)):
         kind = "camera trajectory .txt" if camera else "control video"
-        raise ValueError(
+        raise ConfigError(
             f"validation needs one --validation_control_videos ({kind}) per --validation_prompts (and optionally "
             f"one --validation_images / --validation_start_images each); got {len(prompts)} prompts, "
             f"{len(controls)} controls, {len(images)} images, {len(starts)} start images"

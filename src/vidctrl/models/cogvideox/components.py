@@ -41,6 +41,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
+from vidctrl.errors import UserError
 from vidctrl.models.loading import (
     CheckpointReader,
     ExpectedTensors,
@@ -72,7 +73,7 @@ WHERE_TO_GET = (
 InitializeMissing = Callable[[nn.Module, Sequence[str]], Mapping[str, Tensor]]
 
 
-class CogVideoXModelFilesError(FileNotFoundError):
+class CogVideoXModelFilesError(UserError, FileNotFoundError):
     """A CogVideoX model folder that lacks a file a component needs."""
 
 

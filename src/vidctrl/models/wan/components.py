@@ -43,6 +43,7 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from vidctrl.errors import UserError
 from vidctrl.models.loading import (
     KeyMap,
     LoadReport,
@@ -91,7 +92,7 @@ WHERE_TO_GET = (
 ModelDType = torch.dtype | Mapping[str, torch.dtype] | None
 
 
-class WanModelFilesError(FileNotFoundError):
+class WanModelFilesError(UserError, FileNotFoundError):
     """A Wan model folder that lacks a file its layout needs."""
 
 
