@@ -127,7 +127,7 @@ class RunConfig:
     # is taken over.
     output_dir_lock_timeout: float = option(
         600.0, help="seconds without a heartbeat after which another run's lock on output_dir counts as "
-        "left by a dead run and is taken over (the owner refreshes it every 30 s)"
+        "left by a dead run and is taken over (the owner refreshes it every 30 s)", gt=0,
     )
     force_output_dir_lock: bool = option(
         False, help="take over output_dir's lock even when its owner looks alive (say so in the log); only "

@@ -115,7 +115,8 @@ class DataConfig:
     )
     # Each family's own draws (docs/data-semantics.md): VideoX-Fun Wan 0.90/closest, CogVideoX-Fun 0.75/uniform.
     downsample_first_prob: float = option(
-        0.90, help="--random_hw_adapt: probability of keeping the full size; the smaller sizes share the rest"
+        0.90, help="--random_hw_adapt: probability of keeping the full size; the smaller sizes share the rest",
+        min=0, max=1,
     )
     size_weighting: SizeWeighting = option(
         "closest", help="--training_with_video_token_length: 'closest' gives the size nearest "

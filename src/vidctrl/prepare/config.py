@@ -30,7 +30,7 @@ class PrepareConfig:
     overwrite: bool = option(False, help="redo every video, even when OUT holds a finished one")
     output_dir_lock_timeout: float = option(
         600.0, help="seconds without a heartbeat after which another run's lock on OUT counts as left by a "
-        "dead run and is taken over"
+        "dead run and is taken over", gt=0,
     )
     force_output_dir_lock: bool = option(False, help="take over OUT's lock even when its owner looks alive")
 

@@ -414,8 +414,9 @@ class CheckpointManager:
         """Wait (bounded) until this rank sees `path` complete and at `step`."""
         deadline = time.monotonic() + self.visibility_timeout_s
         while True:
-            seen = _step_of(path) if path.is_dir() and is_complete(path) else None
-            if seen == step:
+            complete = path.is_dir() and is_complete(path)
+            seen = _step_of(path) if complete else None
+            if complete and seen == step:
                 return
             if time.monotonic() >= deadline:
                 what = "does not exist" if not path.exists() else (
@@ -711,9 +712,13 @@ class CheckpointManager:
 # Files
 
 
-def _step_of(path: Path) -> int:
-    """The step a complete checkpoint says it holds."""
-    return int(read_trainer_state(path)["step"])
+def _step_of(path: Path) -> int | None:
+    """The step a complete checkpoint says it holds; None when it does not say (loading names that)."""
+    try:
+        step = read_trainer_state(path).get("step")
+    except TrainingCheckpointError:
+        return None
+    return step if isinstance(step, int) else None
 
 
 def is_complete(path: Path) -> bool:
