@@ -65,6 +65,7 @@ def test_sigterm_saves_the_next_step_exits_143_and_resumes_to_the_uninterrupted_
         signal.signal(signal.SIGTERM, before)
     # the signal landed after step 1 was logged: step 2 finished and was saved, nothing later
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / ".vidctrl-run.lock").exists()  # the stopped run gives up output_dir (issue 18)
     err = capfd.readouterr().err
     assert "SIGTERM received" in err
     assert f"--resume_from_checkpoint {out / 'checkpoint-2'}" in err
@@ -80,6 +81,7 @@ def test_save_on_signal_false_keeps_pythons_default_ctrl_c(
     signal_self_after_step(monkeypatch, signal.SIGINT, 1)
     assert run(fault_model, fault_data, tmp_path, "--save_on_signal", "false") == 130  # KeyboardInterrupt
     assert not list(tmp_path.glob("checkpoint-*"))
+    assert not (tmp_path / ".vidctrl-run.lock").exists()  # released on the way out, even without a save
     assert "--resume_from_checkpoint" not in capfd.readouterr().err
 
 
