@@ -267,3 +267,27 @@ def test_a_complete_cache_with_a_damaged_shard_is_refused_by_training_and_repair
     assert f"re-encoded damaged cache file {shard}" in out
     complete, repaired = cached_tensors(wan_cache), cached_tensors(cache)
     assert complete.keys() == repaired.keys() and all(torch.equal(complete[k], repaired[k]) for k in complete)
+
+
+@pytest.mark.slow
+def test_cache_encodes_vae_mini_batches_of_one_shape_and_stores_what_one_at_a_time_stores(
+    datasets: dict[str, Path], model_for: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers import AutoencoderKLWan
+
+    sizes: list[int] = []
+    real = AutoencoderKLWan.encode
+    monkeypatch.setattr(AutoencoderKLWan, "encode", lambda self, x, *a, **k: (sizes.append(x.shape[0]),
+                                                                             real(self, x, *a, **k))[1])
+    caches = {}
+    for mini_batch in ("1", "3"):
+        sizes.clear()
+        out = tmp_path / f"mini-{mini_batch}"
+        assert main(["cache", *wan_args(datasets, model_for, out, "--fix_sample_size", "64", "64",
+                                        "--vae_mini_batch", mini_batch)]) == 0
+        caches[mini_batch] = (cached_tensors(out / "cache"), list(sizes))
+    (one, one_sizes), (three, three_sizes) = caches["1"], caches["3"]
+    assert set(one_sizes) == {1} and max(three_sizes) == 3 and len(three_sizes) < len(one_sizes)
+    assert one.keys() == three.keys()
+    for name, tensor in one.items():
+        torch.testing.assert_close(three[name].float(), tensor.float(), atol=1e-4, rtol=1e-4)

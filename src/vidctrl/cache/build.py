@@ -142,6 +142,21 @@ def process_state() -> Any:
     return state
 
 
+def shape_runs(records: list[int], requests: list[Any], size: int) -> list[list[int]]:
+    """`records` cut into consecutive runs of at most `size` whose requests share one clip shape
+    (height, width, frames): the batches the VAE encodes at once."""
+    runs: list[list[int]] = []
+    for record in records:
+        shape = (requests[record].height, requests[record].width, requests[record].frames)
+        last = runs[-1] if runs else None
+        if last and len(last) < size and (requests[last[0]].height, requests[last[0]].width,
+                                          requests[last[0]].frames) == shape:
+            last.append(record)
+        else:
+            runs.append([record])
+    return runs
+
+
 def share(records: list[int], rank: int, world_size: int) -> list[int]:
     """Process `rank`'s contiguous share of `records` (shares differ in size by at most one)."""
     return records[rank * len(records) // world_size : (rank + 1) * len(records) // world_size]
@@ -161,7 +176,7 @@ def _build_cache(config: Any, state: Any, *, shard_mib: float, family: Any) -> C
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from vidctrl.data.dataset import collate_clips
+    from vidctrl.data.dataset import SkippedSample, collate_clips
     from vidctrl.families import family_for_preset
 
     rank, world = state.process_index, state.num_processes
@@ -196,18 +211,22 @@ def _build_cache(config: Any, state: Any, *, shard_mib: float, family: Any) -> C
         if need_constants:
             constants = {k: v.detach().cpu().clone().contiguous() for k, v in family.encode_constants().items()}
             save_tensors_atomic(cache_dir / CONSTANTS, constants, {"preset": config.preset})
-        batches = DataLoader(plan.loader.dataset, batch_sampler=[[requests[i]] for i in mine], collate_fn=collate_clips,
-                             num_workers=config.data.dataloader_num_workers)
+        # --vae_mini_batch samples of one shape are encoded together (the posterior mean and std, as in
+        # training); the loader hands over the samples as they are, so a skipped one keeps its place.
+        chunks = shape_runs(mine, requests, max(1, family.vae_mini_batch))
+        batches = DataLoader(plan.loader.dataset, batch_sampler=[[requests[i] for i in chunk] for chunk in chunks],
+                             collate_fn=list, num_workers=config.data.dataloader_num_workers)
         bar = tqdm(total=len(mine), desc="cache", unit="sample", disable=not state.is_local_main_process)
-        for record, batch in zip(mine, batches, strict=True):
-            if batch["skipped"]:
-                problem = batch["skipped"][0]
-                log.warning("skipped sample %d (%s): %s", problem.index, problem.media, problem.reason)
-                writer.add(record, None, skipped=problem.reason)
-            else:
-                (sample,) = family.encode_deterministic(batch)
-                writer.add(record, sample)
-            bar.update(1)
+        for chunk, samples in zip(chunks, batches, strict=True):
+            loaded = [sample for sample in samples if not isinstance(sample, SkippedSample)]
+            encoded = iter(family.encode_deterministic(collate_clips(loaded)) if loaded else [])
+            for record, sample in zip(chunk, samples, strict=True):
+                if isinstance(sample, SkippedSample):
+                    log.warning("skipped sample %d (%s): %s", sample.index, sample.media, sample.reason)
+                    writer.add(record, None, skipped=sample.reason)
+                else:
+                    writer.add(record, next(encoded))
+            bar.update(len(chunk))
         writer.flush()
         bar.close()
     state.wait_for_everyone()
