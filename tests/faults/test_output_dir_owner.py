@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +31,13 @@ def test_second_run_into_the_same_output_dir_is_refused_and_the_first_finishes_w
         while not (out / ".vidctrl-run.lock").exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the second could start"
+        # Paused (alive, as a run busy validating is), so that it cannot finish before the second starts.
+        os.kill(first.pid, signal.SIGSTOP)
         started = time.monotonic()
-        second = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+        try:
+            second = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         assert second.returncode != 0 and "Traceback" not in second.stderr
         assert f"pid {first.pid} on host" in second.stderr and "is in use by another run" in second.stderr
         assert time.monotonic() - started < 60
