@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import (
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.cogvideox import CogVideoXFamily
-from vidctrl.families.registry import register
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}

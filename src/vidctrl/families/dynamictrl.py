@@ -18,16 +18,16 @@ from torch import nn
 
 from vidctrl.config.fields import option
 from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
-from vidctrl.families.base import (
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.encoding import model_options
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.cogvideox import CogVideoXFamily
-from vidctrl.families.encoding import model_options
-from vidctrl.families.registry import register
 from vidctrl.models.cogvideox.tiny import write_tiny_dynamictrl
 
 log = logging.getLogger(__name__)

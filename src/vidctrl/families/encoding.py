@@ -38,7 +38,7 @@ def posterior_moments(vae: nn.Module, pixels: torch.Tensor, *, mini_batch: int) 
     computed `mini_batch` samples at a time (`--vae_mini_batch`: fewer activations alive at once).
 
     Only this deterministic half is batched: the posterior samples are drawn per sample afterwards
-    (`vidctrl.families.base.posterior_sample`), so the mini-batch size changes no draw.
+    (`vidctrl.families.samples.posterior_sample`), so the mini-batch size changes no draw.
     """
     if mini_batch < 1:
         raise ValueError(f"--vae_mini_batch {mini_batch}: encode at least one sample at a time")

@@ -14,16 +14,16 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import (
+from vidctrl.families.base import ModelFamily
+from vidctrl.families.encoding import clip_hidden_states
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.encoding import clip_hidden_states
-from vidctrl.families.registry import register
 from vidctrl.models.loading import KeyMap
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
