@@ -98,7 +98,8 @@ class ModelFamily(ABC):
                 f"preset {preset} trains in modes {', '.join(self.train_modes)}; --train_mode {train_mode} is not one"
             )
         self.preset = preset
-        self.options = options
+        # Without options (tools, tests), the family's defaults.
+        self.options = options if options is not None or self.options_class is None else self.options_class()
         self.train_mode = train_mode
         self.config = config
         self._constants: dict[str, torch.Tensor] | None = None
