@@ -6,15 +6,15 @@ of the flow on the shifted schedule, and decoding. `WanFunControl` delegates its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from vidctrl.families.base import ModelFamily
 from vidctrl.families.samples import EncodedBatch, ValidationSample
 
-if TYPE_CHECKING:
-    from vidctrl.families.wan_fun import WanFunControl
+# `family` below is a `vidctrl.families.wan_fun.WanFunControl` (not imported: it imports this module).
 
 
 def check_start_images(config: Any, mode: str) -> None:
@@ -34,7 +34,7 @@ def check_start_images(config: Any, mode: str) -> None:
         )
 
 
-def validation_runner(family: WanFunControl, config: Any, *, output_dir: Path, camera: bool) -> Any:
+def validation_runner(family: ModelFamily, config: Any, *, output_dir: Path, camera: bool) -> Any:
     """A `ValidationRunner` on the control samples of the validation flags (camera trajectories with
     `camera`), or None when validation is not configured."""
     from vidctrl.train.validation import ValidationRunner, control_samples, validation_size
@@ -48,7 +48,7 @@ def validation_runner(family: WanFunControl, config: Any, *, output_dir: Path, c
 
 
 @torch.no_grad()
-def generation_conditions(family: WanFunControl, sample: ValidationSample, *, height: int, width: int,
+def generation_conditions(family: ModelFamily, sample: ValidationSample, *, height: int, width: int,
                           frames: int, camera: bool) -> dict[str, Any]:
     """The model inputs besides the text of one generation: with full-reference tokens (V1.1), the
     reference image feeds them and CLIP and a start image the frame-0 slot (training never fills both
@@ -95,7 +95,7 @@ def generation_conditions(family: WanFunControl, sample: ValidationSample, *, he
 
 
 @torch.no_grad()
-def sample_flow(family: WanFunControl, model: nn.Module, conditions: dict[str, Any], text: torch.Tensor,
+def sample_flow(family: ModelFamily, model: nn.Module, conditions: dict[str, Any], text: torch.Tensor,
                 shape: tuple[int, ...], *, steps: int, guidance_scale: float,
                 generator: torch.Generator) -> torch.Tensor:
     """Euler steps of the flow from noise of `shape` to latents, on the schedule shifted by
