@@ -327,3 +327,21 @@ def padaln_initializer(
         return fresh
 
     return initialize
+
+
+def check_padaln_source(source: object, *, added: bool, zero_init: bool, use_lora: bool) -> None:
+    """Refuse what cannot train from the weights last loaded from `source`, whose PadaLN layers were
+    `added` by `padaln_initializer` or already there: LoRA on newly added layers (they would stay at
+    their initial values), and ``--padaln_zero_init`` on a checkpoint whose layers are trained."""
+    from vidctrl.config.fields import ConfigError
+
+    if added and use_lora:
+        raise ConfigError(
+            f"{source} has no PadaLN layers: LoRA would leave the newly added ones at their initial values. "
+            "Train fully first, or start LoRA from a DynamiCtrl checkpoint"
+        )
+    if not added and zero_init:
+        raise ConfigError(
+            f"{source} already has trained PadaLN layers (a DynamiCtrl checkpoint); --padaln_zero_init applies "
+            "only when they are added to a CogVideoX1.5-I2V base. Drop the flag."
+        )
