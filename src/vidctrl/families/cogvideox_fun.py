@@ -333,15 +333,12 @@ class CogVideoXFun(CogVideoXFamily):
         conditions["text"] = self.encode_text(prompts)
         if guided:
             conditions = {k: v if k == "text" else torch.cat([v, v]) for k, v in conditions.items()}
-        scheduler = self.sampling_scheduler()
-        scheduler.set_timesteps(steps, device=self.device)
         shape = (1, latent_size[0], latent, latent_size[1], latent_size[2])
-        latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_input = torch.cat([latents, latents]) if guided else latents
             return self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]), conditions)
 
-        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
-                                     generator=generator)
+        latents = self.sample_guided(self.sampling_scheduler(), shape, predict, guidance_scale=guidance_scale,
+                                     steps=steps, generator=generator)
         return self.decode(latents)[:frames]

@@ -322,10 +322,7 @@ class DynamiCtrl(CogVideoXFamily):
         guided = guidance_scale > 1.0
 
         scheduler = CogVideoXDPMScheduler.from_config(self.components.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
         shape = (1, count + extra, image_latents.shape[2], image_latents.shape[3], image_latents.shape[4])
-        latents = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        latents = latents * scheduler.init_noise_sigma
         rotary = self.rotary(shape[1], shape[3], shape[4])
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -341,6 +338,7 @@ class DynamiCtrl(CogVideoXFamily):
                 return_dict=False,
             )[0]
 
-        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
-                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg)
+        latents = self.sample_guided(scheduler, shape, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg,
+                                     noise_device=generator.device)
         return self.decode(latents[:, extra:])

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
+from vidctrl.families import wan_validation
 from vidctrl.families.base import ModelFamily
 from vidctrl.families.encoding import clip_hidden_states, masked_text_embeddings, pad_text_rows
 from vidctrl.families.registry import register
@@ -25,6 +26,7 @@ from vidctrl.families.samples import (
     stack_samples,
 )
 from vidctrl.models.loading import KeyMap
+from vidctrl.objectives.flow import FlowMatching, check_flow_flags
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
@@ -106,15 +108,8 @@ class WanFunControl(ModelFamily):
             )
         if mode in CAMERA_MODES and config.preset != "wan2.1-fun-control-camera":
             raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
-        from vidctrl.families.wan_validation import check_start_images
-
-        check_start_images(config, mode)
-        if config.objective.loss_type not in (None, "flow"):
-            raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
-        steps = config.objective.train_sampling_steps
-        if steps != 1000 and not config.objective.uniform_sampling:
-            raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
-                              "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
+        wan_validation.check_start_images(config, mode)
+        check_flow_flags(config.objective, "Wan2.1-Fun")
 
     def name_for_matching(self, name: str) -> str:
         # diffusers keeps the output modulation at the top level (`scale_shift_table`); VideoX-Fun calls
@@ -152,16 +147,11 @@ class WanFunControl(ModelFamily):
     def encoder_files(self, path: Path) -> list[Path]:
         """The release's VAE, UMT5, CLIP and tokenizer files, and the transformer's config (original
         layout: the weights sit side by side in one folder)."""
-        from vidctrl.models.wan.components import TRANSFORMER_WEIGHTS_STEM, detect_layout
+        from vidctrl.models.wan.components import detect_layout, original_encoder_files
 
-        if detect_layout(Path(path)) == "diffusers":
-            return super().encoder_files(path)
-        return [f for f in sorted(Path(path).rglob("*")) if f.is_file() and not f.name.startswith(".")
-                and not (f.name.startswith(TRANSFORMER_WEIGHTS_STEM) and f.suffix in (".safetensors", ".bin"))]
+        return super().encoder_files(path) if detect_layout(Path(path)) == "diffusers" else original_encoder_files(path)
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
-        from vidctrl.objectives.flow import FlowMatching
-
         return FlowMatching.from_objective_config(config, shift=self.options.flow_shift, rank=rank,
                                                   world_size=world_size)
 
@@ -188,18 +178,14 @@ class WanFunControl(ModelFamily):
 
     def text_embeddings(self, captions: list[str]) -> list[torch.Tensor]:
         """UMT5 embeddings of each prompt, (L_i, 4096) in the encoder's dtype, cut after its last token
-        (Wan zeroes the padding; `pad_text` puts it back)."""
+        (Wan zeroes the padding; `pad_text_rows` puts it back)."""
         return masked_text_embeddings(self.components.tokenizer, self.components.text_encoder, captions,
                                       max_length=self.options.tokenizer_max_length, device=self.device)
-
-    def pad_text(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(B, tokenizer_max_length, 4096) float32 from `text_embeddings`' rows: zeros after each prompt."""
-        return pad_text_rows(embeddings, self.options.tokenizer_max_length, self.device)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """UMT5 embeddings (B, L, 4096): each prompt's tokens, zero beyond its length (as Wan pads)."""
-        return self.pad_text(self.text_embeddings(captions))
+        return pad_text_rows(self.text_embeddings(captions), self.options.tokenizer_max_length, self.device)
 
     @torch.no_grad()
     def clip_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -299,8 +285,9 @@ class WanFunControl(ModelFamily):
         conditions["clip"] = clip * clip_keep.view(-1, 1, 1)
         text_drop = self._draw(opts.text_dropout, batch_size, generator)
         empty = self.constants["empty_text"]
-        conditions["text"] = self.pad_text([empty if drop else s["text"]
-                                            for drop, s in zip(text_drop.tolist(), samples, strict=True)])
+        conditions["text"] = pad_text_rows([empty if drop else s["text"] for drop, s in
+                                            zip(text_drop.tolist(), samples, strict=True)],
+                                           self.options.tokenizer_max_length, self.device)
         if self.train_mode in CAMERA_MODES:
             conditions["camera"] = self.camera_condition(samples)
         _, _, t, h, w = latents.shape
@@ -330,8 +317,6 @@ class WanFunControl(ModelFamily):
 
     # --- validation (`vidctrl.families.wan_validation`) ------------------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.families import wan_validation
-
         return wan_validation.validation_runner(self, config, output_dir=output_dir, camera=self.train_mode in CAMERA_MODES)
 
     @torch.no_grad()
@@ -339,8 +324,6 @@ class WanFunControl(ModelFamily):
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
         """Euler sampling of the flow on the shifted schedule, conditioned as VideoX-Fun's inference
         (`WanFunControlPipeline`) and as training shows the model (`generation_conditions`)."""
-        from vidctrl.families import wan_validation
-
         conditions = wan_validation.generation_conditions(self, sample, height=height, width=width, frames=frames,
                                                           camera=self.train_mode in CAMERA_MODES)
         text = self.encode_text([sample.prompt, self.options.negative_prompt])

@@ -64,6 +64,19 @@ def loss_weighting(weighting_scheme: str, sigmas: Tensor) -> Tensor:
     )
 
 
+def check_flow_flags(objective: Any, family: str) -> None:
+    """Refuse `objective` flags a VideoX-Fun flow trainer cannot honour: another ``--loss_type``, and
+    ``--train_sampling_steps`` without ``--uniform_sampling`` (only that sampler reads it)."""
+    from vidctrl.config.fields import ConfigError
+
+    if objective.loss_type not in (None, "flow"):
+        raise ConfigError(f"--loss_type {objective.loss_type}: {family} trains with flow matching only")
+    steps = objective.train_sampling_steps
+    if steps != 1000 and not objective.uniform_sampling:
+        raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
+                          "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
+
+
 class FlowMatching:
     """Flow matching on a shifted schedule: predict the velocity ``noise - x0``.
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidctrl.families.samples import ValidationSample
+from vidctrl.families.base import ValidationSample
 
 if TYPE_CHECKING:
     from vidctrl.config.train import TrainConfig
