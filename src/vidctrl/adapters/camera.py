@@ -49,6 +49,8 @@ computes the rays at the validation size with nothing cropped (the first F poses
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -298,6 +300,17 @@ def clip_camera_condition(
         original_hw=original_hw, crop=(top, left, height, width), device=device,
     )
     return pack_camera_frames(embedding)
+
+
+def stacked_camera_condition(samples: Sequence[Mapping[str, Tensor]], *, device: torch.device | str | None = None
+                             ) -> Tensor:
+    """`clip_camera_condition` of each sample's ``camera`` rows (F, 19) and ``camera_geometry`` (the
+    resize and crop of its frames), stacked into a batch: what the adapter takes."""
+    if any("camera_geometry" not in s for s in samples):
+        raise ValueError("cached camera samples lack the frames' resize and crop (written by an older vidctrl); "
+                         "rebuild the cache with `vidctrl cache`")
+    return torch.stack([clip_camera_condition(s["camera"], s["camera_geometry"].tolist(), device=device)
+                        for s in samples])
 
 
 def resample_trajectory(intrinsics: ArrayLike, w2c: ArrayLike, num_frames: int) -> tuple[Tensor, Tensor]:

@@ -95,15 +95,20 @@ class CogVideoXFamily(ModelFamily):
 
     # --- validation --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_guided(self, scheduler: Any, latents: torch.Tensor,
+    def sample_guided(self, scheduler: Any, shape: tuple[int, ...],
                       predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, guidance_scale: float,
-                      steps: int, generator: torch.Generator, dynamic_cfg: bool = False) -> torch.Tensor:
-        """Denoise `latents` over `scheduler`'s timesteps (CogVideoX DDIM, or DPM-Solver with its previous
-        x0) with classifier-free guidance: `predict(latents, t)` returns the model's output for the rows
-        [unconditional, conditional] when `guidance_scale` > 1, for the conditional row alone otherwise.
-        `dynamic_cfg`: CogVideoX's cosine-scheduled guidance scale."""
+                      steps: int, generator: torch.Generator, dynamic_cfg: bool = False,
+                      noise_device: torch.device | str | None = None) -> torch.Tensor:
+        """Latents of `shape` denoised from noise (drawn from `generator` on `noise_device`, scaled by the
+        scheduler's ``init_noise_sigma``) over `steps` of `scheduler` (CogVideoX DDIM, or DPM-Solver with
+        its previous x0) with classifier-free guidance: `predict(latents, t)` returns the model's output
+        for the rows [unconditional, conditional] when `guidance_scale` > 1, for the conditional row alone
+        otherwise. `dynamic_cfg`: CogVideoX's cosine-scheduled guidance scale."""
         from diffusers import CogVideoXDPMScheduler
 
+        scheduler.set_timesteps(steps, device=self.device)
+        latents = torch.randn(shape, generator=generator, device=noise_device).to(self.device)
+        latents = latents * scheduler.init_noise_sigma
         dpm = isinstance(scheduler, CogVideoXDPMScheduler)
         timesteps, previous_x0 = scheduler.timesteps, None
         for i, t in enumerate(timesteps):

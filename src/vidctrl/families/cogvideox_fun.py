@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import (
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.cogvideox import CogVideoXFamily
-from vidctrl.families.registry import register
 
 # CogVideoX-Fun scripts/train.py and train_control.py defaults (VideoX-Fun's are the same).
 COGVIDEOX_FUN_CLIPPING: dict[str, Any] = {"initial_grad_norm_ratio": 5.0, "abnormal_norm_clip_start": 1000}
@@ -33,37 +33,6 @@ NEGATIVE_PROMPT = (
     "The background is solid. Strange body and strange trajectory. Distortion. "
 )
 TRAIN_MODES = ("inpaint", "control", "normal")
-
-
-def validation_inputs(config: Any, mode: str) -> tuple[list[str], list[str], list[str]]:
-    """Prompts, start images (inpaint) and control videos (control) of the validation flags, checked
-    against the train mode: ``--validation_paths`` is VideoX-Fun's spelling of whichever the mode takes."""
-    v, paths = config.validation, config.family.validation_paths or []
-    if paths and (v.validation_images or v.validation_control_videos):
-        raise ValueError("--validation_paths and --validation_images/--validation_control_videos name the same "
-                         "inputs: pass one of them")
-    if v.validation_images and mode != "inpaint":
-        raise ValueError(f"--validation_images: train mode {mode} takes no start image (inpaint does)")
-    if v.validation_control_videos and mode != "control":
-        raise ValueError(f"--validation_control_videos: train mode {mode} takes no control video (control does)")
-    if paths and mode == "normal":
-        raise ValueError("--validation_paths: train mode normal takes neither start images nor control videos")
-    prompts = list(v.validation_prompts or [])
-    if v.validation_prompt_separator and len(prompts) == 1:
-        prompts = prompts[0].split(v.validation_prompt_separator)
-    images = list(v.validation_images or (paths if mode == "inpaint" else []))
-    controls = list(v.validation_control_videos or (paths if mode == "control" else []))
-    if not (v.validation_steps or v.validation_epochs):
-        return prompts, images, controls
-    if not prompts:
-        raise ValueError("validation (--validation_steps / --validation_epochs) needs --validation_prompts")
-    if mode == "control" and len(controls) != len(prompts):
-        raise ValueError(f"control validation needs one control video per prompt (--validation_control_videos or "
-                         f"--validation_paths); got {len(prompts)} prompts, {len(controls)} control videos")
-    if images and len(images) != len(prompts):
-        raise ValueError(f"one start image per prompt (--validation_images or --validation_paths); got "
-                         f"{len(prompts)} prompts, {len(images)} images")
-    return prompts, images, controls
 
 
 @dataclass
@@ -141,6 +110,8 @@ class CogVideoXFun(CogVideoXFamily):
         if objective.motion_sub_loss:
             raise ConfigError("--motion_sub_loss: vidctrl's DDPM objective has no frame-difference loss yet; "
                               "remove the flag (it changes the loss, so it is not ignored silently)")
+        from vidctrl.families.cogvideox_fun_validation import validation_inputs
+
         try:
             validation_inputs(config, mode)
         except ValueError as exc:
@@ -235,45 +206,20 @@ class CogVideoXFun(CogVideoXFamily):
             return mean.float() * self.scaling_factor
         return self.sample_latents(mean, std, generator)
 
-    @torch.no_grad()
     def inpaint_inputs(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
                        generators: Sequence[torch.Generator]) -> dict[str, torch.Tensor]:
-        """What the inpaint condition needs from the encoder, per sample (batched): a random mask drawn
-        from the sample's generator, the latent keep mask (B, 1, T, h, w) unscaled, the masked video's
-        posterior mean and std, and whether the whole clip is masked (text-to-video)."""
-        from vidctrl.models.cogvideox.inpaint import draw_inpaint_mask, latent_mask, noise_kept_pixels
+        """`masked_video_inputs`: a mask per sample from its generator, and the masked video's posterior."""
+        from vidctrl.models.cogvideox.inpaint import masked_video_inputs
 
-        _, _, frames, height, width = pixels.shape
-        masks, masked = [], []
-        for video, generator in zip(pixels, generators, strict=True):
-            mask = draw_inpaint_mask(frames, height, width, generator, self.options.inpaint_mask_distribution)[0]
-            mask = mask.permute(1, 0, 2, 3)[None].to(self.device, torch.float32)  # (1, 1, F, H, W), 1 = generate
-            masked_video = video[None] * (1 - mask.to(video.dtype)) - mask.to(video.dtype)
-            if self.add_noise_in_inpaint_model:
-                masked_video = noise_kept_pixels(masked_video, generator)
-            masks.append(mask)
-            masked.append(masked_video)
-        mask = torch.cat(masks)
-        mean, std = self.vae_moments(torch.cat(masked))
-        return {
-            "inpaint_keep": latent_mask(1 - mask, latent_size),
-            "masked_mean": mean,
-            "masked_std": std,
-            "fully_masked": mask.flatten(1).min(dim=1).values == 1,
-        }
+        return masked_video_inputs(pixels, latent_size, generators, distribution=self.options.inpaint_mask_distribution,
+                                   add_noise=self.add_noise_in_inpaint_model, moments=self.vae_moments)
 
     def inpaint_from(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """(B, 17, T, h, w): the keep mask and a posterior sample of the masked video's latents, scaled,
-        zeroed for 90% of fully masked samples (`T2V_ZERO_PROBABILITY`)."""
-        from vidctrl.models.cogvideox import inpaint
+        """(B, 17, T, h, w): the keep mask and a posterior sample of the masked video (`inpaint_condition_from`)."""
+        from vidctrl.models.cogvideox.inpaint import inpaint_condition_from
 
-        fully_masked = inputs["fully_masked"].to(self.device)
-        zeroed = fully_masked & (torch.rand(len(fully_masked), generator=generator) < inpaint.T2V_ZERO_PROBABILITY
-                                 ).to(self.device)
-        masked_latents = self.sample_latents(inputs["masked_mean"], inputs["masked_std"], generator)
-        keep = inputs["inpaint_keep"].float() * self.scaling_factor
-        condition = torch.cat([keep, masked_latents], dim=1)
-        return condition * (~zeroed).to(condition).view(-1, 1, 1, 1, 1)
+        return inpaint_condition_from(inputs, generator, sample_latents=self.sample_latents,
+                                      scaling_factor=self.scaling_factor, device=self.device)
 
     def inpaint_condition(self, pixels: torch.Tensor, latent_size: tuple[int, int, int],
                           generator: torch.Generator) -> torch.Tensor:
@@ -354,59 +300,15 @@ class CogVideoXFun(CogVideoXFamily):
         return model(hidden_states=hidden, encoder_hidden_states=conditions["text"].to(noisy.dtype),
                      timestep=timesteps, image_rotary_emb=rotary, return_dict=False, **extra)[0]
 
-    # --- validation --------------------------------------------------------------------------
+    # --- validation (`vidctrl.families.cogvideox_fun_validation`) --------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.data.sampling import cut_to_4k_plus_1
-        from vidctrl.data.shapes import fixed_size
-        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+        from vidctrl.families.cogvideox_fun_validation import validation_samples
+        from vidctrl.train.validation import ValidationRunner
 
-        v = config.validation
-        if not (v.validation_steps or v.validation_epochs):
+        if not (config.validation.validation_steps or config.validation.validation_epochs):
             return None
-        prompts, images, controls = validation_inputs(config, self.train_mode)
-        size = fixed_size(config.data) or (config.data.video_sample_size, config.data.video_sample_size)
-        height, width = v.validation_height or size[0], v.validation_width or size[1]
-        frames = v.validation_frames or int(cut_to_4k_plus_1(config.data.video_sample_n_frames))
-        samples = []
-        for i, prompt in enumerate(prompts):
-            reference = load_reference(images[i], height, width) if images and self.train_mode == "inpaint" else None
-            if self.train_mode == "control":
-                control, fps = load_control(controls[i], height, width, frames)
-            else:
-                # No control video: the contact sheet's control row shows what the model is given.
-                control, fps = self.inpaint_input(reference, frames, height, width), 8.0
-            samples.append(ValidationSample(prompt=prompt, reference=reference, control=control,
-                                            name=f"sample-{i}", fps=fps))
+        samples, height, width, frames = validation_samples(config, self.train_mode)
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
-
-    @staticmethod
-    def inpaint_input(reference: torch.Tensor | None, frames: int, height: int, width: int) -> torch.Tensor:
-        """(F, 3, H, W) uint8: the reference as frame 0 and black (masked) frames after it."""
-        video = torch.zeros((frames, 3, height, width), dtype=torch.uint8)
-        if reference is not None:
-            video[0] = reference
-        return video
-
-    @torch.no_grad()
-    def sampling_inpaint_condition(self, reference: torch.Tensor | None, latent_size: tuple[int, int, int],
-                                   frames: int, generator: torch.Generator) -> torch.Tensor:
-        """(1, T, 17, h, w): frame 0 kept from the reference, the rest generated; zeros without one."""
-        from vidctrl.models.cogvideox.inpaint import SAMPLING_NOISE_RATIO, latent_mask, noise_kept_pixels
-
-        t, h, w = latent_size
-        latent = self.components.vae.config.latent_channels
-        if reference is None:
-            return torch.zeros((1, t, latent + 1, h, w), device=self.device)
-        image = reference.to(self.device).to(self.dtype) / 127.5 - 1.0  # (3, H, W)
-        video = torch.full((1, 3, frames, *image.shape[1:]), -1.0, device=self.device, dtype=self.dtype)
-        video[:, :, 0] = image
-        keep = torch.zeros((1, 1, frames, *image.shape[1:]), device=self.device)
-        keep[:, :, 0] = 1
-        if self.add_noise_in_inpaint_model:
-            video = noise_kept_pixels(video, generator, ratio=SAMPLING_NOISE_RATIO)
-        masked_latents = self.vae_encode(video, generator=None)
-        mask = latent_mask(keep, latent_size) * self.components.vae.config.scaling_factor
-        return torch.cat([mask, masked_latents], dim=1).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
@@ -417,7 +319,13 @@ class CogVideoXFun(CogVideoXFamily):
         latent = self.components.vae.config.latent_channels
         conditions: dict[str, Any] = {}
         if self.train_mode == "inpaint":
-            conditions["inpaint"] = self.sampling_inpaint_condition(sample.reference, latent_size, frames, generator)
+            from vidctrl.models.cogvideox.inpaint import sampling_condition
+
+            vae = self.components.vae
+            conditions["inpaint"] = sampling_condition(
+                sample.reference, latent_size, frames, generator, latent_channels=latent,
+                scaling_factor=vae.config.scaling_factor, add_noise=self.add_noise_in_inpaint_model,
+                encode=lambda video: self.vae_encode(video, generator=None), device=self.device, dtype=self.dtype)
         elif self.train_mode == "control":
             control = self._pixels(sample.control[:frames].permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
             conditions["control"] = self.vae_encode(control, generator=None).permute(0, 2, 1, 3, 4)
@@ -426,15 +334,12 @@ class CogVideoXFun(CogVideoXFamily):
         conditions["text"] = self.encode_text(prompts)
         if guided:
             conditions = {k: v if k == "text" else torch.cat([v, v]) for k, v in conditions.items()}
-        scheduler = self.sampling_scheduler()
-        scheduler.set_timesteps(steps, device=self.device)
         shape = (1, latent_size[0], latent, latent_size[1], latent_size[2])
-        latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_input = torch.cat([latents, latents]) if guided else latents
             return self._forward(model, model_input.to(self.dtype), t.expand(model_input.shape[0]), conditions)
 
-        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
-                                     generator=generator)
+        latents = self.sample_guided(self.sampling_scheduler(), shape, predict, guidance_scale=guidance_scale,
+                                     steps=steps, generator=generator)
         return self.decode(latents)[:frames]

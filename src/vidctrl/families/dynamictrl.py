@@ -17,17 +17,24 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.data.shapes import DYNAMICTRL_SIZE_BUCKETS
-from vidctrl.families.base import (
+from vidctrl.families.cogvideox import CogVideoXFamily
+from vidctrl.families.dynamictrl_validation import (
+    DEFAULT_SEPARATOR,
+    SIZE_BUCKETS,
+    check_validation_flags,
+    frame_count_problem,
+    latent_frames,
+    validation_samples,
+)
+from vidctrl.families.encoding import model_options
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.cogvideox import CogVideoXFamily
-from vidctrl.families.encoding import model_options
-from vidctrl.families.registry import register
 from vidctrl.models.cogvideox.tiny import write_tiny_dynamictrl
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,6 @@ PRESET = "dynamictrl"
 TRAIN_MODE = "control_ref"
 OFS = 2.0  # DynamiCtrl's (and CogVideoX1.5-I2V's) constant "ofs" embedding input
 IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD = -3.0, 0.5
-DEFAULT_SEPARATOR = ":::"
-SIZE_BUCKETS = list(DYNAMICTRL_SIZE_BUCKETS)  # the original's --height_buckets / --width_buckets defaults
 
 
 @dataclass
@@ -61,31 +66,6 @@ class DynamiCtrlOptions:
     )
     use_dynamic_cfg: bool = option(False, help="validation: cosine-scheduled guidance scale (CogVideoX's dynamic CFG)")
     negative_prompt: str = option("", help="negative prompt for classifier-free guidance in validation")
-
-
-def latent_frames(frames: int, temporal_compression: int = 4) -> int:
-    """Latent frames of a ``4k + 1``-frame clip."""
-    return (frames - 1) // temporal_compression + 1
-
-
-def frame_count_problem(frames: int, patch_size_t: int = 2) -> str | None:
-    """Why CogVideoX 1.5 cannot train ``frames`` frames, or None: vidctrl trains ``4k + 1`` frames
-    and the latent frame count ``k + 1`` must be a multiple of ``patch_size_t``."""
-    if frames < 1 or (frames - 1) % 4:
-        return f"{frames} is not 4k + 1 (the VAE compresses 4 frames into one latent after the first)"
-    latents = latent_frames(frames)
-    if latents % patch_size_t:
-        lower, upper = frames - 4 * (latents % patch_size_t), frames + 4 * (patch_size_t - latents % patch_size_t)
-        options = " or ".join(str(f) for f in (lower, upper) if f >= 1)
-        return (f"{frames} frames give {latents} latent frames, which CogVideoX 1.5 (patch_size_t {patch_size_t}) "
-                f"cannot patch; use {options}")
-    return None
-
-
-def split_values(values: list[str] | None, separator: str) -> list[str]:
-    """Values of a repeatable validation flag, each also split on the separator (DynamiCtrl passes one
-    string holding several prompts / paths)."""
-    return [part for value in values or [] for part in value.split(separator)]
 
 
 @register
@@ -159,20 +139,7 @@ class DynamiCtrl(CogVideoXFamily):
             if problem:
                 flag = "--frame_buckets" if data.frame_buckets else "--max_num_frames"
                 raise ConfigError(f"{flag}: {problem}")
-        v = config.validation
-        if v.validation_frames is not None and frame_count_problem(v.validation_frames, patch_size_t=1):
-            raise ConfigError(f"--validation_frames: {frame_count_problem(v.validation_frames, patch_size_t=1)}")
-        if v.validation_steps or v.validation_epochs:
-            separator = v.validation_prompt_separator or DEFAULT_SEPARATOR
-            prompts = split_values(v.validation_prompts, separator)
-            images = split_values(v.validation_images, separator)
-            videos = split_values(v.validation_control_videos, separator)
-            if not prompts or len(images) != len(prompts) or len(videos) != len(prompts):
-                raise ConfigError(
-                    "DynamiCtrl validation needs one --validation_images reference and one --validation_driving_videos "
-                    f"pose video per --validation_prompt (split by {separator!r}); got {len(prompts)} prompts, "
-                    f"{len(images)} images, {len(videos)} driving videos"
-                )
+        check_validation_flags(config)
 
     @classmethod
     def write_tiny(cls, out_dir: Path, preset: str, *, layout: str = "diffusers", seed: int = 0) -> Path:
@@ -197,6 +164,7 @@ class DynamiCtrl(CogVideoXFamily):
         same rule as the base folder's; then the PadaLN and version checks and the widening."""
         from vidctrl.config.fields import ConfigError
         from vidctrl.models.cogvideox.components import widen_patch_embedding
+        from vidctrl.models.cogvideox.padaln import check_padaln_source
 
         self.apply_model_options()
         transformer = self.components.transformer
@@ -208,16 +176,8 @@ class DynamiCtrl(CogVideoXFamily):
         if self.padaln_added:
             log.info("%s: added %d PadaLN layers to the CogVideoX base (%s initialisation)", source, added[0],
                      "zero" if zero_init else "PyTorch default")
-            if model_config is not None and model_config.use_lora:
-                raise ConfigError(
-                    f"{source} has no PadaLN layers: LoRA would leave the newly added ones at their initial values. "
-                    "Train fully first, or start LoRA from a DynamiCtrl checkpoint"
-                )
-        elif zero_init:
-            raise ConfigError(
-                f"{source} already has trained PadaLN layers (a DynamiCtrl checkpoint); --padaln_zero_init applies "
-                "only when they are added to a CogVideoX1.5-I2V base. Drop the flag."
-            )
+        check_padaln_source(source, added=self.padaln_added, zero_init=zero_init,
+                            use_lora=model_config is not None and bool(model_config.use_lora))
         if transformer.config.patch_size_t is None:
             raise ConfigError(f"{path}: DynamiCtrl needs a CogVideoX 1.5 transformer (patch_size_t 2); this one is 1.0")
         # A text-to-video base (16 input channels) takes the reference latent through zero-filled channels.
@@ -327,36 +287,14 @@ class DynamiCtrl(CogVideoXFamily):
         )
         return out[0]
 
-    # --- validation --------------------------------------------------------------------------
-    def validation_size(self, config: Any) -> tuple[int, int, int]:
-        """(height, width, frames) of validation videos: the validation flags, else --height/--width
-        (the original's), else the first size bucket; frames: the frame bucket a long video trains on
-        (the original generates 33 frames whatever it trains on)."""
-        from vidctrl.data.sampling import dynamictrl_frame_count
-
-        v, data = config.validation, config.data
-        height = v.validation_height or data.height or (data.height_buckets or SIZE_BUCKETS)[0]
-        width = v.validation_width or data.width or (data.width_buckets or SIZE_BUCKETS)[0]
-        n = data.video_sample_n_frames
-        frames = v.validation_frames or dynamictrl_frame_count(n, n, data.frame_buckets or [n])
-        return height, width, frames
-
+    # --- validation (`vidctrl.families.dynamictrl_validation`) ------------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.train.validation import ValidationRunner, load_control, load_reference
+        from vidctrl.train.validation import ValidationRunner
 
         v = config.validation
         if not (v.validation_steps or v.validation_epochs):
             return None
-        separator = v.validation_prompt_separator or DEFAULT_SEPARATOR
-        prompts = split_values(v.validation_prompts, separator)
-        images = split_values(v.validation_images, separator)
-        videos = split_values(v.validation_control_videos, separator)
-        height, width, frames = self.validation_size(config)
-        samples = []
-        for i, prompt in enumerate(prompts):
-            control, fps = load_control(videos[i], height, width, frames)
-            samples.append(ValidationSample(prompt=prompt, reference=load_reference(images[i], height, width),
-                                            control=control, name=f"sample-{i}", fps=fps))
+        samples, height, width, frames = validation_samples(config)
         return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
 
     @torch.no_grad()
@@ -385,10 +323,7 @@ class DynamiCtrl(CogVideoXFamily):
         guided = guidance_scale > 1.0
 
         scheduler = CogVideoXDPMScheduler.from_config(self.components.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
         shape = (1, count + extra, image_latents.shape[2], image_latents.shape[3], image_latents.shape[4])
-        latents = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        latents = latents * scheduler.init_noise_sigma
         rotary = self.rotary(shape[1], shape[3], shape[4])
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -404,6 +339,7 @@ class DynamiCtrl(CogVideoXFamily):
                 return_dict=False,
             )[0]
 
-        latents = self.sample_guided(scheduler, latents, predict, guidance_scale=guidance_scale, steps=steps,
-                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg)
+        latents = self.sample_guided(scheduler, shape, predict, guidance_scale=guidance_scale, steps=steps,
+                                     generator=generator, dynamic_cfg=self.options.use_dynamic_cfg,
+                                     noise_device=generator.device)
         return self.decode(latents[:, extra:])

@@ -11,6 +11,7 @@ model's weights are keyed (`ModelFamily.load_trainable_weights`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def posterior_moments(vae: nn.Module, pixels: torch.Tensor, *, mini_batch: int) 
     computed `mini_batch` samples at a time (`--vae_mini_batch`: fewer activations alive at once).
 
     Only this deterministic half is batched: the posterior samples are drawn per sample afterwards
-    (`vidctrl.families.base.posterior_sample`), so the mini-batch size changes no draw.
+    (`vidctrl.families.samples.posterior_sample`), so the mini-batch size changes no draw.
     """
     if mini_batch < 1:
         raise ValueError(f"--vae_mini_batch {mini_batch}: encode at least one sample at a time")
@@ -62,6 +63,30 @@ def clip_hidden_states(encoder: nn.Module, images: torch.Tensor, *, layer: int =
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     x = ((x - mean) / std).to(encoder.dtype)  # type: ignore[arg-type]
     return encoder(pixel_values=x, output_hidden_states=True).hidden_states[layer]
+
+
+@torch.no_grad()
+def masked_text_embeddings(tokenizer: Any, text_encoder: nn.Module, captions: list[str], *, max_length: int,
+                           device: torch.device | str) -> list[torch.Tensor]:
+    """Each prompt's text-encoder embeddings (L_i, D) in the encoder's dtype, encoded with the attention
+    mask and cut after its last token, padding zeroed (as Wan's UMT5; `pad_text_rows` puts it back)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
+                       add_special_tokens=True, return_tensors="pt")
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    embeds = text_encoder(ids, attention_mask=mask).last_hidden_state
+    out = []
+    for row, row_mask in zip(embeds, mask, strict=True):
+        length = int(row_mask.nonzero().max()) + 1 if row_mask.any() else 0
+        out.append(row[:length] * row_mask[:length, None].to(row.dtype))
+    return out
+
+
+def pad_text_rows(rows: Sequence[torch.Tensor], length: int, device: torch.device | str) -> torch.Tensor:
+    """(B, length, D) float32 on `device` from `masked_text_embeddings`' rows: zeros after each prompt."""
+    out = torch.zeros((len(rows), length, rows[0].shape[-1]), device=device)
+    for i, row in enumerate(rows):
+        out[i, : row.shape[0]] = row.to(device).float()
+    return out
 
 
 def configure_vae(vae: nn.Module, *, slicing: bool, tiling: bool, preset: str) -> None:

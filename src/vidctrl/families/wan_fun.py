@@ -14,17 +14,19 @@ import torch
 from torch import nn
 
 from vidctrl.config.fields import option
-from vidctrl.families.base import (
+from vidctrl.families import wan_validation
+from vidctrl.families.base import ModelFamily
+from vidctrl.families.encoding import clip_hidden_states, masked_text_embeddings, pad_text_rows
+from vidctrl.families.registry import register
+from vidctrl.families.samples import (
     EncodedBatch,
-    ModelFamily,
     ValidationSample,
     fixed_draw_generators,
     posterior_sample,
     stack_samples,
 )
-from vidctrl.families.encoding import clip_hidden_states
-from vidctrl.families.registry import register
 from vidctrl.models.loading import KeyMap
+from vidctrl.objectives.flow import FlowMatching, check_flow_flags
 
 # VideoX-Fun names the camera mode control_camera_ref; its seed doc says control_ref_camera.
 CAMERA_MODES = ("control_camera_ref", "control_ref_camera")
@@ -90,9 +92,6 @@ class WanFunControl(ModelFamily):
     cache_options: ClassVar[tuple[str, ...]] = ("control_ref_image", "tokenizer_max_length")
     lora_target_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
-    def __init__(self, preset: str, options: WanFunOptions, *, train_mode: str, config: Any = None) -> None:
-        super().__init__(preset, options or WanFunOptions(), train_mode=train_mode, config=config)
-
     # --- configuration -----------------------------------------------------------------------
     @classmethod
     def read_seed_yaml(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -121,21 +120,8 @@ class WanFunControl(ModelFamily):
             )
         if mode in CAMERA_MODES and config.preset != "wan2.1-fun-control-camera":
             raise ConfigError(f"--train_mode {mode} needs the camera adapter of preset wan2.1-fun-control-camera")
-        if options.validation_start_images and mode == "control":
-            raise ConfigError("--validation_start_images: train mode control has no frame-0 slot to put them in")
-        if options.validation_start_images and config.validation.validation_images and not \
-                options.add_full_ref_image_in_self_attention:
-            raise ConfigError(
-                f"--validation_images and --validation_start_images: preset {config.preset} has no full-reference "
-                "tokens (--add_full_ref_image_in_self_attention), so its reference is the first frame and both would "
-                "fill the frame-0 slot; give one of them"
-            )
-        if config.objective.loss_type not in (None, "flow"):
-            raise ConfigError(f"--loss_type {config.objective.loss_type}: Wan2.1-Fun trains with flow matching only")
-        steps = config.objective.train_sampling_steps
-        if steps != 1000 and not config.objective.uniform_sampling:
-            raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
-                              "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
+        wan_validation.check_start_images(config, mode)
+        check_flow_flags(config.objective, "Wan2.1-Fun")
 
     def name_for_matching(self, name: str) -> str:
         # diffusers keeps the output modulation at the top level (`scale_shift_table`); VideoX-Fun calls
@@ -173,27 +159,13 @@ class WanFunControl(ModelFamily):
     def encoder_files(self, path: Path) -> list[Path]:
         """The release's VAE, UMT5, CLIP and tokenizer files, and the transformer's config (original
         layout: the weights sit side by side in one folder)."""
-        from vidctrl.models.wan.components import TRANSFORMER_WEIGHTS_STEM, detect_layout
+        from vidctrl.models.wan.components import detect_layout, original_encoder_files
 
-        if detect_layout(Path(path)) == "diffusers":
-            return super().encoder_files(path)
-        return [f for f in sorted(Path(path).rglob("*")) if f.is_file() and not f.name.startswith(".")
-                and not (f.name.startswith(TRANSFORMER_WEIGHTS_STEM) and f.suffix in (".safetensors", ".bin"))]
+        return super().encoder_files(path) if detect_layout(Path(path)) == "diffusers" else original_encoder_files(path)
 
     def build_objective(self, config: Any, *, rank: int, world_size: int) -> Any:
-        from vidctrl.objectives.flow import FlowMatching
-        from vidctrl.objectives.timesteps import build_index_sampler
-
-        sampler = build_index_sampler(
-            weighting_scheme=config.weighting_scheme,
-            logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale,
-            uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size,
-            train_sampling_steps=config.train_sampling_steps,  # under --uniform_sampling only, as VideoX-Fun
-        )
-        return FlowMatching(
-            shift=self.options.flow_shift, sampler=sampler, weighting_scheme=config.weighting_scheme,
-            motion_loss_ratio=config.motion_sub_loss_ratio if config.motion_sub_loss else 0.0,
-        )
+        return FlowMatching.from_objective_config(config, shift=self.options.flow_shift, rank=rank,
+                                                  world_size=world_size)
 
     # --- encoding ----------------------------------------------------------------------------
     def normalise(self, mean: torch.Tensor) -> torch.Tensor:
@@ -216,33 +188,16 @@ class WanFunControl(ModelFamily):
             return latents
         return posterior_sample(latents, std, generator)
 
-    @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> list[torch.Tensor]:
         """UMT5 embeddings of each prompt, (L_i, 4096) in the encoder's dtype, cut after its last token
-        (Wan zeroes the padding; `pad_text` puts it back)."""
-        c = self.components
-        tokens = c.tokenizer(captions, padding="max_length", max_length=self.options.tokenizer_max_length,
-                             truncation=True, add_special_tokens=True, return_tensors="pt")
-        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
-        embeds = c.text_encoder(ids, attention_mask=mask).last_hidden_state
-        out = []
-        for row, row_mask in zip(embeds, mask, strict=True):
-            length = int(row_mask.nonzero().max()) + 1 if row_mask.any() else 0
-            out.append(row[:length] * row_mask[:length, None].to(row.dtype))
-        return out
-
-    def pad_text(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(B, tokenizer_max_length, 4096) float32 from `text_embeddings`' rows: zeros after each prompt."""
-        length = self.options.tokenizer_max_length
-        out = torch.zeros((len(embeddings), length, embeddings[0].shape[-1]), device=self.device)
-        for i, row in enumerate(embeddings):
-            out[i, : row.shape[0]] = row.to(self.device).float()
-        return out
+        (Wan zeroes the padding; `pad_text_rows` puts it back)."""
+        return masked_text_embeddings(self.components.tokenizer, self.components.text_encoder, captions,
+                                      max_length=self.options.tokenizer_max_length, device=self.device)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """UMT5 embeddings (B, L, 4096): each prompt's tokens, zero beyond its length (as Wan pads)."""
-        return self.pad_text(self.text_embeddings(captions))
+        return pad_text_rows(self.text_embeddings(captions), self.options.tokenizer_max_length, self.device)
 
     @torch.no_grad()
     def clip_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -342,8 +297,9 @@ class WanFunControl(ModelFamily):
         conditions["clip"] = clip * clip_keep.view(-1, 1, 1)
         text_drop = self._draw(opts.text_dropout, batch_size, generator)
         empty = self.constants["empty_text"]
-        conditions["text"] = self.pad_text([empty if drop else s["text"]
-                                            for drop, s in zip(text_drop.tolist(), samples, strict=True)])
+        conditions["text"] = pad_text_rows([empty if drop else s["text"] for drop, s in
+                                            zip(text_drop.tolist(), samples, strict=True)],
+                                           self.options.tokenizer_max_length, self.device)
         if self.train_mode in CAMERA_MODES:
             conditions["camera"] = self.camera_condition(samples)
         _, _, t, h, w = latents.shape
@@ -351,16 +307,10 @@ class WanFunControl(ModelFamily):
         return EncodedBatch(latents=latents, conditions=conditions, media=list(media), tokens=tokens)
 
     def camera_condition(self, samples: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Plücker embeddings packed 4 frames to the latent frame, from each sample's camera rows
-        (F, 19) and the resize and crop of its frames (`clip_camera_condition`)."""
-        from vidctrl.adapters.camera import clip_camera_condition
+        """Plücker embeddings packed 4 frames to the latent frame (`stacked_camera_condition`)."""
+        from vidctrl.adapters.camera import stacked_camera_condition
 
-        if any("camera_geometry" not in s for s in samples):
-            raise ValueError("cached camera samples lack the frames' resize and crop (written by an older vidctrl); "
-                             "rebuild the cache with `vidctrl cache`")
-        packed = [clip_camera_condition(s["camera"], s["camera_geometry"].tolist(), device=self.device)
-                  for s in samples]
-        return torch.stack(packed).to(self.dtype)
+        return stacked_camera_condition(samples, device=self.device).to(self.dtype)
 
     def predict(self, model: nn.Module, encoded: EncodedBatch, noisy: torch.Tensor,
                 timesteps: torch.Tensor) -> torch.Tensor:
@@ -377,86 +327,19 @@ class WanFunControl(ModelFamily):
         )
         return out[0]
 
-    # --- validation --------------------------------------------------------------------------
+    # --- validation (`vidctrl.families.wan_validation`) ------------------------------------------
     def validation_runner(self, config: Any, *, output_dir: Path) -> Any:
-        from vidctrl.train.validation import ValidationRunner, control_samples, validation_size
-
-        if not (config.validation.validation_steps or config.validation.validation_epochs):
-            return None
-        height, width, frames = validation_size(config)
-        samples = control_samples(config, height, width, frames, start_images=self.options.validation_start_images,
-                                  camera=self.train_mode in CAMERA_MODES)
-        return ValidationRunner(self, config, samples, output_dir=output_dir, height=height, width=width, frames=frames)
+        return wan_validation.validation_runner(self, config, output_dir=output_dir, camera=self.train_mode in CAMERA_MODES)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, sample: ValidationSample, *, height: int, width: int, frames: int,
                  steps: int, guidance_scale: float, generator: torch.Generator) -> torch.Tensor:
         """Euler sampling of the flow on the shifted schedule, conditioned as VideoX-Fun's inference
-        (`WanFunControlPipeline`) and as training shows the model: with full-reference tokens (V1.1),
-        the reference image feeds them and CLIP and a start image the frame-0 slot (training never
-        fills both from one frame); without them, the reference or start image fills the frame-0
-        slot. CLIP sees the reference, else the start image, else nothing (zero features)."""
-        opts = self.options
-        conditions: dict[str, Any] = {}
-        parts = []
-        latent_frames = (frames - 1) // 4 + 1
-
-        def pixels(image: torch.Tensor | None) -> torch.Tensor | None:
-            return None if image is None else image[None].to(self.device).to(self.dtype) / 127.5 - 1.0
-
-        if self.train_mode in ("control_ref", "control"):
-            control = self._pixels(sample.control.permute(0, 2, 3, 1)[None])  # (F, 3, H, W) -> loader layout
-            parts.append(self.vae_encode(control, generator=None))
-        reference, start = pixels(sample.reference), pixels(sample.start)
-        full_ref = opts.add_full_ref_image_in_self_attention
-        if self.train_mode != "control":
-            # Without an image the slot stays zero, as training's reference dropout teaches.
-            slot = torch.zeros((1, 16, latent_frames, height // 8, width // 8), device=self.device)
-            slot_image = start if full_ref or start is not None else reference
-            if slot_image is not None and latent_frames > 1:
-                slot[:, :, :1] = self.vae_encode(slot_image.unsqueeze(2), generator=None)
-            parts.append(slot)
-            if full_ref:
-                conditions["full_ref"] = (torch.zeros((1, 16, height // 8, width // 8), device=self.device)
-                                          if reference is None else
-                                          self.vae_encode(reference.unsqueeze(2), generator=None)[:, :, 0])
-        conditions["y"] = torch.cat(parts, dim=1)
-        clip_source = reference if reference is not None else start
-        if clip_source is None:
-            clip = self.encode_clip(torch.zeros((1, 3, height, width), device=self.device))
-            conditions["clip"] = torch.zeros_like(clip)
-        else:
-            conditions["clip"] = self.encode_clip(clip_source)
-        if self.train_mode in CAMERA_MODES:
-            from vidctrl.adapters.camera import clip_camera_condition
-
-            # As the pipeline: rays at the validation size, nothing cropped.
-            camera = clip_camera_condition(sample.camera, (height, width, 0, 0, height, width), device=self.device)
-            conditions["camera"] = camera[None].to(self.dtype)
-        text = self.encode_text([sample.prompt, opts.negative_prompt])
-        shape = (1, 16, latent_frames, height // 8, width // 8)
-        latents = torch.randn(shape, generator=generator).to(self.device)
-        t = torch.linspace(1.0, 0.0, steps + 1)
-        sigmas = opts.flow_shift * t / (1 + (opts.flow_shift - 1) * t)
-        for i in range(steps):
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            timestep = torch.full((1,), sigma * 1000.0, device=self.device)
-            encoded = EncodedBatch(latents=latents, conditions={**conditions, "text": text[:1]})
-            velocity = self.predict(model, encoded, latents.to(self.dtype), timestep).float()
-            if guidance_scale > 1.0:
-                encoded.conditions["text"] = text[1:]
-                uncond = self.predict(model, encoded, latents.to(self.dtype), timestep).float()
-                velocity = uncond + guidance_scale * (velocity - uncond)
-            latents = latents + (sigma_next - sigma) * velocity
-        return self.decode(latents)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, 16, T, h, w) normalised latents -> (F, 3, H, W) uint8."""
-        vae = self.components.vae
-        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
-        video = vae.decode((latents * std + mean).to(vae.dtype)).sample.float()
-        video = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 0, 2, 3).cpu()
-
+        (`WanFunControlPipeline`) and as training shows the model (`generation_conditions`)."""
+        conditions = wan_validation.generation_conditions(self, sample, height=height, width=width, frames=frames,
+                                                          camera=self.train_mode in CAMERA_MODES)
+        text = self.encode_text([sample.prompt, self.options.negative_prompt])
+        shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+        latents = wan_validation.sample_flow(self, model, conditions, text, shape, steps=steps,
+                                             guidance_scale=guidance_scale, generator=generator)
+        return wan_validation.decode(self.components.vae, latents)

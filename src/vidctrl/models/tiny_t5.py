@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vidctrl.models.t5 import T5_ENCODER_SETTINGS
+
 TINY_TEXT_DIM = 32
 
 
@@ -16,13 +18,6 @@ def tiny_t5_config(**overrides: Any) -> dict[str, Any]:
         "num_layers": 2,
         "num_heads": 4,
         "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu",
-        "layer_norm_epsilon": 1e-6,
-        "dropout_rate": 0.0,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
+        **T5_ENCODER_SETTINGS,
         **overrides,
     }

@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidctrl.objectives.base import NoisedBatch, draw_noise, per_sample, weighted_mean
-from vidctrl.objectives.timesteps import WEIGHTING_SCHEMES, IndexSampler, UniformIndexSampler
+from vidctrl.objectives.timesteps import (
+    WEIGHTING_SCHEMES,
+    IndexSampler,
+    UniformIndexSampler,
+    build_index_sampler,
+)
 
 
 def shifted_flow_sigmas(num_train_timesteps: int = 1000, shift: float = 5.0) -> Tensor:
@@ -57,6 +62,19 @@ def loss_weighting(weighting_scheme: str, sigmas: Tensor) -> Tensor:
     raise ValueError(
         f"unknown weighting scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
     )
+
+
+def check_flow_flags(objective: Any, family: str) -> None:
+    """Refuse `objective` flags a VideoX-Fun flow trainer cannot honour: another ``--loss_type``, and
+    ``--train_sampling_steps`` without ``--uniform_sampling`` (only that sampler reads it)."""
+    from vidctrl.config.fields import ConfigError
+
+    if objective.loss_type not in (None, "flow"):
+        raise ConfigError(f"--loss_type {objective.loss_type}: {family} trains with flow matching only")
+    steps = objective.train_sampling_steps
+    if steps != 1000 and not objective.uniform_sampling:
+        raise ConfigError(f"--train_sampling_steps {steps} acts only with --uniform_sampling (as in VideoX-Fun); "
+                          "without it every draw spans all 1000 timesteps: add --uniform_sampling or drop the flag")
 
 
 class FlowMatching:
@@ -116,6 +134,20 @@ class FlowMatching:
         num_train_timesteps = int(config.get("num_train_timesteps", 1000))
         shift = 1.0 if config.get("use_dynamic_shifting", False) else float(config.get("shift", 1.0))
         return cls(num_train_timesteps=num_train_timesteps, shift=shift, **kwargs)
+
+    @classmethod
+    def from_objective_config(cls, config: Any, *, shift: float, rank: int, world_size: int) -> FlowMatching:
+        """As VideoX-Fun's flow trainers build it from the `objective` section's flags: the timestep
+        sampler (``--train_sampling_steps`` under ``--uniform_sampling`` only), the loss weighting and
+        the frame-difference loss (``--motion_sub_loss``), on the schedule shifted by `shift`."""
+        sampler = build_index_sampler(
+            weighting_scheme=config.weighting_scheme,
+            logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale,
+            uniform_sampling=config.uniform_sampling, rank=rank, world_size=world_size,
+            train_sampling_steps=config.train_sampling_steps,  # under --uniform_sampling only, as VideoX-Fun
+        )
+        return cls(shift=shift, sampler=sampler, weighting_scheme=config.weighting_scheme,
+                   motion_loss_ratio=config.motion_sub_loss_ratio if config.motion_sub_loss else 0.0)
 
     def prepare(self, latents: Tensor, generator: torch.Generator) -> NoisedBatch:
         """Noise then timesteps, drawn from `generator` in that order (as the original draws them)."""

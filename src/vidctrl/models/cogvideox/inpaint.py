@@ -24,6 +24,7 @@ Facts (VideoX-Fun ``videox_fun/data/utils.py`` ``get_random_mask`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -44,6 +45,10 @@ MASK_KINDS: dict[str, dict[bool, tuple[tuple[int, ...], tuple[float, ...]]]] = {
 }
 T2V_ZERO_PROBABILITY = 0.9
 SAMPLING_NOISE_RATIO = 0.0563
+#: pixels (B, 3, F, H, W) in [-1, 1] -> the VAE posterior's mean and std
+Moments = Callable[[Tensor], tuple[Tensor, Tensor]]
+#: posterior mean, std and a generator -> scaled latent samples
+LatentSampler = Callable[[Tensor, Tensor, torch.Generator], Tensor]
 
 
 def _randint(low: int, high: int, generator: torch.Generator) -> int:
@@ -123,3 +128,71 @@ def noise_kept_pixels(video: Tensor, generator: torch.Generator, ratio: float | 
     noise = noise * sigma.view(-1, *([1] * (video.ndim - 1)))
     noise = noise.to(video.device, video.dtype)
     return video + torch.where(video == -1, torch.zeros_like(noise), noise)
+
+
+@torch.no_grad()
+def masked_video_inputs(pixels: Tensor, latent_size: tuple[int, int, int], generators: Sequence[torch.Generator], *,
+                        distribution: MaskDistribution, add_noise: bool, moments: Moments) -> dict[str, Tensor]:
+    """What the inpaint condition needs from the encoder, per sample of ``(B, 3, F, H, W)`` pixels (batched):
+    a random mask drawn from the sample's generator, the latent keep mask ``(B, 1, T, h, w)`` unscaled,
+    the masked video's posterior mean and std (`moments`), and whether the whole clip is masked
+    (text-to-video). `add_noise`: `noise_kept_pixels` on the masked video first (InP V1.1)."""
+    _, _, frames, height, width = pixels.shape
+    masks, masked = [], []
+    for video, generator in zip(pixels, generators, strict=True):
+        mask = draw_inpaint_mask(frames, height, width, generator, distribution)[0]
+        mask = mask.permute(1, 0, 2, 3)[None].to(pixels.device, torch.float32)  # (1, 1, F, H, W), 1 = generate
+        masked_video = video[None] * (1 - mask.to(video.dtype)) - mask.to(video.dtype)
+        if add_noise:
+            masked_video = noise_kept_pixels(masked_video, generator)
+        masks.append(mask)
+        masked.append(masked_video)
+    mask = torch.cat(masks)
+    mean, std = moments(torch.cat(masked))
+    return {
+        "inpaint_keep": latent_mask(1 - mask, latent_size),
+        "masked_mean": mean,
+        "masked_std": std,
+        "fully_masked": mask.flatten(1).min(dim=1).values == 1,
+    }
+
+
+def inpaint_condition_from(inputs: dict[str, Tensor], generator: torch.Generator, *, sample_latents: LatentSampler,
+                           scaling_factor: float, device: torch.device | str) -> Tensor:
+    """``(B, 17, T, h, w)`` from `masked_video_inputs`: the keep mask and a posterior sample of the masked
+    video's latents (`sample_latents`), scaled, zeroed for 90% of fully masked samples
+    (`T2V_ZERO_PROBABILITY`; that draw comes first)."""
+    fully_masked = inputs["fully_masked"].to(device)
+    zeroed = fully_masked & (torch.rand(len(fully_masked), generator=generator) < T2V_ZERO_PROBABILITY).to(device)
+    masked_latents = sample_latents(inputs["masked_mean"], inputs["masked_std"], generator)
+    keep = inputs["inpaint_keep"].float() * scaling_factor
+    condition = torch.cat([keep, masked_latents], dim=1)
+    return condition * (~zeroed).to(condition).view(-1, 1, 1, 1, 1)
+
+
+@torch.no_grad()
+def sampling_condition(reference: Tensor | None, latent_size: tuple[int, int, int], frames: int,
+                       generator: torch.Generator, *, latent_channels: int, scaling_factor: float, add_noise: bool,
+                       encode: Callable[[Tensor], Tensor], device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    """``(1, T, 17, h, w)`` for sampling: frame 0 kept from the ``(3, H, W)`` uint8 reference, the rest
+    generated (`encode`: pixels to scaled latent means); zeros without a reference."""
+    t, h, w = latent_size
+    if reference is None:
+        return torch.zeros((1, t, latent_channels + 1, h, w), device=device)
+    image = reference.to(device).to(dtype) / 127.5 - 1.0  # (3, H, W)
+    video = torch.full((1, 3, frames, *image.shape[1:]), -1.0, device=device, dtype=dtype)
+    video[:, :, 0] = image
+    keep = torch.zeros((1, 1, frames, *image.shape[1:]), device=device)
+    keep[:, :, 0] = 1
+    if add_noise:
+        video = noise_kept_pixels(video, generator, ratio=SAMPLING_NOISE_RATIO)
+    mask = latent_mask(keep, latent_size) * scaling_factor
+    return torch.cat([mask, encode(video)], dim=1).permute(0, 2, 1, 3, 4)
+
+
+def first_frame_video(reference: Tensor | None, frames: int, height: int, width: int) -> Tensor:
+    """``(F, 3, H, W)`` uint8: the reference as frame 0 and black (masked) frames after it."""
+    video = torch.zeros((frames, 3, height, width), dtype=torch.uint8)
+    if reference is not None:
+        video[0] = reference
+    return video

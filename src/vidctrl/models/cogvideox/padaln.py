@@ -45,6 +45,8 @@ from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBloc
 from diffusers.utils import apply_lora_scale
 from torch import Tensor, nn
 
+from vidctrl.models.init_args import base_init_kwargs
+
 PADALN_MODULE = "control_norm1"
 PADALN_KEY = re.compile(rf"transformer_blocks\.(\d+)\.{PADALN_MODULE}\.(.+)")
 
@@ -158,36 +160,7 @@ class DynamiCtrlTransformer3DModel(CogVideoXTransformer3DModel):
         use_learned_positional_embeddings: bool = False,
         patch_bias: bool = True,
     ) -> None:
-        super().__init__(
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            flip_sin_to_cos=flip_sin_to_cos,
-            freq_shift=freq_shift,
-            time_embed_dim=time_embed_dim,
-            ofs_embed_dim=ofs_embed_dim,
-            text_embed_dim=text_embed_dim,
-            num_layers=num_layers,
-            dropout=dropout,
-            attention_bias=attention_bias,
-            sample_width=sample_width,
-            sample_height=sample_height,
-            sample_frames=sample_frames,
-            patch_size=patch_size,
-            patch_size_t=patch_size_t,
-            temporal_compression_ratio=temporal_compression_ratio,
-            max_text_seq_length=max_text_seq_length,
-            activation_fn=activation_fn,
-            timestep_activation_fn=timestep_activation_fn,
-            norm_elementwise_affine=norm_elementwise_affine,
-            norm_eps=norm_eps,
-            spatial_interpolation_scale=spatial_interpolation_scale,
-            temporal_interpolation_scale=temporal_interpolation_scale,
-            use_rotary_positional_embeddings=use_rotary_positional_embeddings,
-            use_learned_positional_embeddings=use_learned_positional_embeddings,
-            patch_bias=patch_bias,
-        )
+        super().__init__(**base_init_kwargs(CogVideoXTransformer3DModel, locals()))
         config = self.config
         dim = config.num_attention_heads * config.attention_head_dim
         for block in self.transformer_blocks:
@@ -327,3 +300,21 @@ def padaln_initializer(
         return fresh
 
     return initialize
+
+
+def check_padaln_source(source: object, *, added: bool, zero_init: bool, use_lora: bool) -> None:
+    """Refuse what cannot train from the weights last loaded from `source`, whose PadaLN layers were
+    `added` by `padaln_initializer` or already there: LoRA on newly added layers (they would stay at
+    their initial values), and ``--padaln_zero_init`` on a checkpoint whose layers are trained."""
+    from vidctrl.config.fields import ConfigError
+
+    if added and use_lora:
+        raise ConfigError(
+            f"{source} has no PadaLN layers: LoRA would leave the newly added ones at their initial values. "
+            "Train fully first, or start LoRA from a DynamiCtrl checkpoint"
+        )
+    if not added and zero_init:
+        raise ConfigError(
+            f"{source} already has trained PadaLN layers (a DynamiCtrl checkpoint); --padaln_zero_init applies "
+            "only when they are added to a CogVideoX1.5-I2V base. Drop the flag."
+        )

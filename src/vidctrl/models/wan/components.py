@@ -271,6 +271,13 @@ def load_wan_component(
                         what=f"{spec.what} <- {reader.description}")
 
 
+def original_encoder_files(root: str | Path) -> list[Path]:
+    """The files of an original-layout release that decide what the frozen encoders compute: all but
+    the transformer's weights (they sit side by side with the VAE, UMT5 and CLIP files in one folder)."""
+    return [f for f in sorted(Path(root).rglob("*")) if f.is_file() and not f.name.startswith(".")
+            and not (f.name.startswith(TRANSFORMER_WEIGHTS_STEM) and f.suffix in (".safetensors", ".bin"))]
+
+
 def load_wan_tokenizer(root: str | Path, layout: Layout) -> PreTrainedTokenizerBase:
     """The UMT5 tokenizer (``google/umt5-xxl/`` in a release, ``tokenizer/`` in diffusers layout)."""
     root = Path(root)

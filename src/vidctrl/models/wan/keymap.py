@@ -32,6 +32,7 @@ from typing import Any
 from torch import Tensor
 
 from vidctrl.models.loading import KeyMap, Rule, Shape, SplitRule, TemplateRule, Transform, identity_key_map
+from vidctrl.models.t5 import T5_ENCODER_SETTINGS
 
 # --------------------------------------------------------------------------------------------
 # Transformer
@@ -441,14 +442,7 @@ def umt5_config_from_original(shapes: Mapping[str, Shape], *, source: str = "umt
         "num_layers": layers,
         "num_heads": int(heads),
         "relative_attention_num_buckets": int(buckets),
-        "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu",
-        "layer_norm_epsilon": 1e-6,
-        "dropout_rate": 0.0,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
+        **T5_ENCODER_SETTINGS,
     }
 
 

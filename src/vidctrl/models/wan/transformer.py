@@ -28,6 +28,8 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from diffusers.utils import apply_lora_scale
 from torch import Tensor, nn
 
+from vidctrl.models.init_args import base_init_kwargs
+
 
 class CameraAdapterResidualBlock(nn.Module):
     """``x + conv2(relu(conv1(x)))`` with 3x3 convolutions (VideoX-Fun ``ResidualBlock``)."""
@@ -111,24 +113,7 @@ class WanFunControlTransformer3DModel(WanTransformer3DModel):
         in_dim_control_adapter: int = 24,
         downscale_factor_control_adapter: int = 8,
     ) -> None:
-        super().__init__(
-            patch_size=patch_size,
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            text_dim=text_dim,
-            freq_dim=freq_dim,
-            ffn_dim=ffn_dim,
-            num_layers=num_layers,
-            cross_attn_norm=cross_attn_norm,
-            qk_norm=qk_norm,
-            eps=eps,
-            image_dim=image_dim,
-            added_kv_proj_dim=added_kv_proj_dim,
-            rope_max_seq_len=rope_max_seq_len,
-            pos_embed_seq_len=pos_embed_seq_len,
-        )
+        super().__init__(**base_init_kwargs(WanTransformer3DModel, locals()))
         inner_dim = num_attention_heads * attention_head_dim
         spatial_patch = tuple(patch_size[1:])
         self.ref_conv: nn.Conv2d | None = (
