@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from mp_helpers import launch, make_model, metrics, weights
 
-from opt_in import opted_in
 from seed_commands import DOCS, SeedCommand, seed_commands, seed_doc
 from vidctrl.cli import main
 from vidctrl.families import all_presets
@@ -162,15 +161,6 @@ def runnable_launcher(command: SeedCommand) -> tuple[list[str], int]:
     return launcher, processes
 
 
-def _launch_line_runs_elsewhere(command: SeedCommand) -> bool:
-    """Wan V1.0's three commands repeat V1.1's launch lines with other script flags (which the fast
-    tests parse, and tests/train/test_wan_training.py trains); the suite runs V1.1's unless
-    VIDCTRL_SEED_SUITE=all asks for every command."""
-    if opted_in("VIDCTRL_SEED_SUITE") or preset_of(command) != "wan2.1-fun-control-v1.0":
-        return False
-    return any(preset_of(other) == "wan2.1-fun-control-v1.1" and other.launcher == command.launcher for other in COMMANDS)
-
-
 def test_wan_v1_0_launch_lines_are_v1_1s() -> None:
     versions = {preset_of(c): [] for c in COMMANDS if c.system == "Wan2.1-Fun" and preset_of(c)}
     for command in COMMANDS:
@@ -179,8 +169,8 @@ def test_wan_v1_0_launch_lines_are_v1_1s() -> None:
     assert versions["wan2.1-fun-control-v1.0"] == versions["wan2.1-fun-control-v1.1"]
 
 
-# Not collected rather than skipped: what they would prove, the launch line and the flags, is proved above.
-RUNNABLE = [c for c in PARSED if not _launch_line_runs_elsewhere(c)]
+# Every command of every seed doc that has a preset runs, Wan V1.0's too (its launch lines are V1.1's).
+RUNNABLE = list(PARSED)
 
 
 @pytest.mark.slow
