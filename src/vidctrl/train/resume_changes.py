@@ -118,8 +118,8 @@ def report_changes(saved: dict[str, Any] | None, current: dict[str, Any], *, ste
     _refuse(changes, step)
     if not main_process:
         return changes
-    for change in changes:
-        log.warning("resume: %s", change.describe(step))
+    for change in changes:  # a change that breaks the exact data order is worth a warning; the rest are news
+        log.log(logging.WARNING if change.effect == BREAKS_ORDER else logging.INFO, "resume: %s", change.describe(step))
     if not changes:
         log.info("resume: no config field changed since step %d", step)
     return changes
