@@ -18,7 +18,8 @@ the sample's own seed (`fixed_draw_generators`), so a cache can store their resu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -149,6 +150,16 @@ class ModelFamily(ABC):
         """`low_vram`: move the frozen encoders (to the CPU between steps, back for encoding)."""
         for module in self.frozen_modules().values():
             module.to(device)
+
+    @contextmanager
+    def encoders_on(self, device: torch.device | str) -> Iterator[None]:
+        """`low_vram`: the frozen encoders on `device` for the block (encoding, validation), then back
+        on the CPU, however the block ends."""
+        self.move_frozen(device)
+        try:
+            yield
+        finally:
+            self.move_frozen("cpu")
 
     # --- the encoding and loading seam (`vidctrl.families.encoding`) ------------------------
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +163,8 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
         family.load(Path(model_config.pretrained_model_name_or_path), dtype=weight_dtype, device=accelerator.device,
                     encoders=cache is None or validates)
     model = family.denoiser
+    if model_config.low_vram:
+        family.move_frozen("cpu")  # off the accelerator until the first encoding
     lr = scaled_learning_rate(optim.learning_rate, scale_lr=optim.scale_lr,
                               gradient_accumulation_steps=optim.gradient_accumulation_steps,
                               train_batch_size=config.data.train_batch_size, num_processes=world)
@@ -280,10 +282,15 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
     timer = PhaseTimer()
     stand_in = StandIn()
 
+    def encoders_on() -> AbstractContextManager[None]:
+        # --low_vram: the frozen encoders come to the accelerator only to encode and to validate.
+        return family.encoders_on(accelerator.device) if model_config.low_vram else nullcontext()
+
     def validate(step: int) -> None:
         if engine.validates_on_all_ranks or accelerator.is_main_process:
-            paths = validation.run(accelerator.unwrap_model(model), step, generator=validation_generator,
-                                   write=accelerator.is_main_process)
+            with encoders_on():
+                paths = validation.run(accelerator.unwrap_model(model), step, generator=validation_generator,
+                                       write=accelerator.is_main_process)
             result.validation_dirs.extend(paths)
         accelerator.wait_for_everyone()
 
@@ -315,12 +322,8 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
             else:  # every sample of this rank was skipped: a zero-weighted step keeps it in the collectives
                 work, seeds = stand_in.get(loader, requests, batch["epoch"], batch["step_in_epoch"]), [0]
             with accelerator.accumulate(model):
-                with timer("encode"):
-                    if model_config.low_vram:
-                        family.move_frozen(accelerator.device)
+                with timer("encode"), encoders_on():
                     encoded = encode_samples(family, work, seeds)
-                    if model_config.low_vram:
-                        family.move_frozen("cpu")
                 with timer("forward"):
                     noised = noise_samples(objective, encoded.latents, seeds, accelerator.device)
                     with engine.autocast():
