@@ -166,6 +166,10 @@ class ValidationConfig:
     validation_frames: int | None = option(
         None, help="validation frames (video_sample_n_frames if unset)", min=1
     )
+    validation_timeout: float = option(
+        4 * 3600.0, help="seconds the other ranks wait while rank 0 validates alone (DDP, ZeRO-2); training "
+        "collectives keep --nccl_timeout", gt=0,
+    )
 
 
 @dataclass

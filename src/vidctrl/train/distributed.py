@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -394,3 +394,17 @@ def deepspeed_load_context(accelerator: Accelerator) -> Iterator[None]:
         yield
     finally:
         plugin.set_deepspeed_weakref()
+
+
+def solo_work_barrier(accelerator: Accelerator, *, timeout_s: float) -> Callable[[], None]:
+    """A barrier for the ranks that wait while the main process works alone (validation under DDP and
+    ZeRO-2): a gloo group of its own whose timeout is `timeout_s`, not `--nccl_timeout`, which bounds
+    every training collective and is far shorter than 50 sampling steps of a 14B model. Gloo waits on
+    the CPU, so the waiting ranks' GPUs hold no collective open meanwhile. Built once, on every rank
+    together (creating a group is collective)."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes == 1 or not dist.is_initialized():
+        return lambda: None
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return lambda: dist.barrier(group=group)

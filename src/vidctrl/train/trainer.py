@@ -286,13 +286,21 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
         # --low_vram: the frozen encoders come to the accelerator only to encode and to validate.
         return family.encoders_on(accelerator.device) if model_config.low_vram else nullcontext()
 
+    # Where rank 0 validates alone, the others wait for it in a barrier bounded by --validation_timeout.
+    wait_for_validation = (accelerator.wait_for_everyone if engine.validates_on_all_ranks else
+                           distributed.solo_work_barrier(accelerator, timeout_s=config.validation.validation_timeout))
+
     def validate(step: int) -> None:
         if engine.validates_on_all_ranks or accelerator.is_main_process:
             with encoders_on():
                 paths = validation.run(accelerator.unwrap_model(model), step, generator=validation_generator,
                                        write=accelerator.is_main_process)
             result.validation_dirs.extend(paths)
-        accelerator.wait_for_everyone()
+        try:
+            wait_for_validation()
+        except RuntimeError as err:  # the barrier timed out (or a rank died meanwhile)
+            raise TrainingError(f"step {step}: the ranks waited for validation longer than --validation_timeout "
+                                f"({config.validation.validation_timeout:g} s) allows, or a rank left: {err}") from err
 
     def save_checkpoint(step: int) -> None:
         try:
