@@ -20,10 +20,9 @@ from typing import Any
 
 from vidctrl.data.clips import ClipRules
 from vidctrl.data.records import DataError, Problem, Record
-from vidctrl.data.video import MediaError, MediaInfo, probe
+from vidctrl.data.video import FPS_TOLERANCE, MediaError, MediaInfo, frames_correspond, probe
 
 ASPECT_TOLERANCE = 0.02  # relative; pose renders of the same video differ by rounding at most
-FPS_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -200,9 +199,8 @@ def _check_control(index: int, record: Record, target: MediaInfo, control: Media
             else:
                 problems.append(_problem(index, record, f"control video {path} has {control.frames} frames, "
                                          f"the target has {target.frames}", "control_frames", fix, file=path))
-        # Same frame count with a variable frame rate on either side: a pose rendered frame by frame
-        # from a phone's video, at some nominal rate. Frame i matches frame i; the rates say nothing.
-        frame_aligned = control.frames == target.frames and (target.variable_rate or control.variable_rate)
+        frame_aligned = frames_correspond(target.frames, control.frames, target.fps, control.fps,
+                                          variable_rate=lambda: target.variable_rate or control.variable_rate)
         if not frame_aligned and not math.isclose(control.fps, target.fps, rel_tol=FPS_TOLERANCE):
             severity = "warning" if resample else "error"
             problems.append(_problem(index, record, f"control video {path} runs at {control.fps:g} fps, "

@@ -28,7 +28,14 @@ from vidctrl.data.manifest import Manifest
 from vidctrl.data.records import DataError, Problem, Record
 from vidctrl.data.sampler import ClipRequest
 from vidctrl.data.sampling import control_indices
-from vidctrl.data.video import MediaError, MediaInfo, frame_times, is_variable_rate, read_frames
+from vidctrl.data.video import (
+    MediaError,
+    MediaInfo,
+    frame_times,
+    frames_correspond,
+    is_variable_rate,
+    read_frames,
+)
 
 ASPECT_TOLERANCE = 0.02
 MAX_HANDS = 2  # ControlNeXt boxes at most two hands per frame
@@ -166,10 +173,8 @@ class ClipDataset(Dataset):
     def _read_control(self, record: Record, indices: np.ndarray, geometry: Geometry) -> torch.Tensor:
         assert record.control is not None
         if record.kind == "video":
-            same = record.control_frames == record.frames and (
-                record.control_fps is None or record.fps is None or abs(record.control_fps - record.fps) < 1e-3 * record.fps
-                or _variable_rate(record.media) or _variable_rate(record.control)  # frame i is frame i
-            )
+            same = frames_correspond(record.frames, record.control_frames, record.fps, record.control_fps,
+                                     variable_rate=lambda: _variable_rate(record.media) or _variable_rate(record.control))
             if not same and self.control_frame_policy != "resample":
                 raise DataError(
                     f"control video {record.control} has {record.control_frames} frames at {record.control_fps} fps, "

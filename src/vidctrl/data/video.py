@@ -12,7 +12,7 @@ import io
 import math
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -588,6 +588,23 @@ def _frame_times(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
     if times is not None:
         times.setflags(write=False)  # shared by every caller of the cache
     return times
+
+
+#: relative difference under which two frame rates are the same rate
+FPS_TOLERANCE = 1e-3
+
+
+def frames_correspond(frames: int | None, control_frames: int | None, fps: float | None, control_fps: float | None,
+                      *, variable_rate: Callable[[], bool]) -> bool:
+    """Whether frame i of a control shows the moment of frame i of its target: the same frame count at the
+    same rate, or the same count where either video has a variable frame rate (a pose rendered frame by
+    frame from a phone's video, at some nominal rate: the rates say nothing). `variable_rate` is asked
+    only when the counts agree and the rates differ (it may read every timestamp)."""
+    if frames != control_frames:
+        return False
+    if fps is None or control_fps is None or math.isclose(fps, control_fps, rel_tol=FPS_TOLERANCE):
+        return True
+    return variable_rate()
 
 
 def is_variable_rate(times: np.ndarray) -> bool:
