@@ -349,5 +349,7 @@ def test_the_loader_draws_sizes_with_the_configured_family_probabilities() -> No
 
 
 def test_downsample_first_prob_must_be_a_probability() -> None:
-    with pytest.raises(ValueError, match=r"--downsample_first_prob 1\.5: a probability"):
-        DataConfig(downsample_first_prob=1.5)
+    from vidctrl.config.train import ConfigError, parse_train_config
+
+    with pytest.raises(ConfigError, match="--downsample_first_prob"):
+        parse_train_config(["--preset", "wan2.1-fun-control-v1.1", "--downsample_first_prob", "1.5"])

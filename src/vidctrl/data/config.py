@@ -133,7 +133,3 @@ class DataConfig:
         "lenient",
         help="a sample that fails to load: lenient skips it and counts it in the log, strict stops training",
     )
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.downsample_first_prob <= 1.0:
-            raise ValueError(f"--downsample_first_prob {self.downsample_first_prob}: a probability, between 0 and 1")
