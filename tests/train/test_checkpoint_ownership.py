@@ -112,3 +112,26 @@ def test_save_stops_when_another_run_took_the_lock_over(tmp_path: Path) -> None:
         with pytest.raises(TrainingCheckpointError, match="no longer owns"):
             manager(tmp_path, lock=lock).save(1, epoch=0, sampler_state={})
     assert not (tmp_path / "checkpoint-1").exists()
+
+
+def test_a_refusal_of_the_chosen_checkpoint_reaches_every_rank_before_anything_loads(tmp_path: Path) -> None:
+    from vidctrl.config.fields import ConfigError
+
+    saved_run(tmp_path, [1, 2])
+    sent: list[Any] = []
+    seen: list[int] = []
+
+    def refuse(state: dict[str, Any]) -> None:
+        seen.append(state["step"])
+        raise ConfigError("--use_lora: the checkpoint trained the full model")
+
+    def broadcast(value: Any) -> Any:
+        sent.append(value)
+        return value
+
+    with pytest.raises(ConfigError, match="--use_lora"):
+        manager(tmp_path, broadcast=broadcast).resume("latest", check=refuse)
+    assert seen == [2] and sent[0][0] == "refused"
+    with pytest.raises(ConfigError, match="--use_lora"):
+        rank_one(tmp_path, sent[0]).resume("latest", check=refuse)
+    assert seen == [2]  # only the main process judges

@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import vidctrl
+from vidctrl.config.fields import ConfigError
 from vidctrl.errors import UserError
 from vidctrl.integrity import safetensors_damage
 from vidctrl.train.rng import capture_rng_state, restore_rng_state
@@ -385,23 +386,32 @@ class CheckpointManager:
             f"(looked at {', '.join(str(path) for path in candidates)})"
         )
 
-    def resume(self, resume_from_checkpoint: str | Path | None, *, fallback: bool = False) -> ResumeState | None:
+    def resume(self, resume_from_checkpoint: str | Path | None, *, fallback: bool = False,
+               check: Callable[[dict[str, Any]], None] | None = None) -> ResumeState | None:
         """:meth:`resolve` then :meth:`load`; None for a fresh start. Call on every rank together.
 
         The main process resolves (``latest`` included) and every rank loads the checkpoint it
         chose: on a shared filesystem with lag, another rank's own listing may not show the newest
-        checkpoint yet, and two ranks must never resume two steps.
+        checkpoint yet, and two ranks must never resume two steps. `check`, given the chosen
+        checkpoint's trainer state, may refuse it (`ConfigError`) before anything loads; every rank
+        then raises the main process's refusal.
         """
         choice: tuple[str, Any] | None = None
         if self.is_main_process:
             try:
                 path = self.resolve(resume_from_checkpoint, fallback=fallback)
                 choice = ("none", None) if path is None else ("path", (str(path), _step_of(path)))
+                if path is not None and check is not None:
+                    check(read_trainer_state(path))
             except TrainingCheckpointError as err:
                 choice = ("error", str(err))
+            except ConfigError as err:
+                choice = ("refused", str(err))
         kind, value = self._broadcast(choice)
         if kind == "error":
             raise TrainingCheckpointError(value)
+        if kind == "refused":
+            raise ConfigError(value)
         if kind == "none":
             return None
         path_text, step = value

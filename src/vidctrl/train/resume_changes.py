@@ -135,20 +135,13 @@ def _refuse(changes: list[Change], step: int) -> None:
         )
 
 
-def refuse_unresumable_changes(checkpoints: Any, resume_from_checkpoint: str | None, current: dict[str, Any]) -> None:
+def refuse_unresumable_changes(trainer_state: dict[str, Any], current: dict[str, Any]) -> None:
     """Before anything is loaded (a LoRA checkpoint does not load into a full model): raise
-    `ConfigError` when the checkpoint `resume_from_checkpoint` names was trained with settings it
-    cannot be resumed under. A missing or damaged checkpoint is left to the resume to report."""
-    from vidctrl.train.checkpoint import TrainingCheckpointError, read_trainer_state
-
-    try:
-        path = checkpoints.resolve(resume_from_checkpoint)
-        state = read_trainer_state(path) if path is not None else None
-    except (TrainingCheckpointError, OSError, ValueError):
-        return
-    saved = (state or {}).get("extra", {}).get("config") if isinstance(state, dict) else None
+    `ConfigError` when the checkpoint whose `trainer_state` this is was trained with settings it
+    cannot be resumed under (`CheckpointManager.resume`'s `check`)."""
+    saved = trainer_state.get("extra", {}).get("config")
     if isinstance(saved, dict):
-        _refuse(config_changes(saved, current), int(state.get("step", 0)))  # type: ignore[union-attr]
+        _refuse(config_changes(saved, current), int(trainer_state.get("step", 0)))
 
 
 def optimizer_hyperparameters(optimizer: Any) -> list[dict[str, Any]]:

@@ -251,20 +251,12 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
     accelerator.wait_for_everyone()
     global_step = 0
     fresh_hyperparameters = optimizer_hyperparameters(optimizer)
-    # The main process judges the checkpoint it will resume (every rank loads its choice) for all ranks.
-    refusal = None
-    if accelerator.is_main_process:
-        try:
-            refuse_unresumable_changes(checkpoints, run.resume_from_checkpoint, config.to_dict())
-        except ConfigError as err:
-            refusal = str(err)
-    refusal = main_process_value(refusal)
-    if refusal is not None:
-        raise ConfigError(refusal)
-    resumed = checkpoints.resume(run.resume_from_checkpoint, fallback=run.resume_fallback)
+    current = config.to_dict()
+    resumed = checkpoints.resume(run.resume_from_checkpoint, fallback=run.resume_fallback,
+                                 check=lambda state: refuse_unresumable_changes(state, current))
     if resumed is not None:
         # Changed flags: logged with what each does; optimizer hyper-parameters follow the flags.
-        report_changes(resumed.trainer_state.get("extra", {}).get("config"), config.to_dict(), step=resumed.step,
+        report_changes(resumed.trainer_state.get("extra", {}).get("config"), current, step=resumed.step,
                        main_process=accelerator.is_main_process)
         apply_hyperparameters(optimizer, scheduler, fresh_hyperparameters)
         try:
@@ -287,7 +279,7 @@ def _train(config: TrainConfig, family: ModelFamily | None, held: ExitStack, sto
         return family.encoders_on(accelerator.device) if model_config.low_vram else nullcontext()
 
     # Where rank 0 validates alone, the others wait for it in a barrier bounded by --validation_timeout.
-    wait_for_validation = (accelerator.wait_for_everyone if engine.validates_on_all_ranks else
+    wait_for_validation = (accelerator.wait_for_everyone if engine.validates_on_all_ranks or validation is None else
                            distributed.solo_work_barrier(accelerator, timeout_s=config.validation.validation_timeout))
 
     def validate(step: int) -> None:
